@@ -1,0 +1,46 @@
+//! `husk delete`: remove a stopped container (any container with `--force`).
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use husk_runtime::container_id;
+use husk_runtime::shared_kernel::{self, SharedKernelError};
+use libcontainer::container::ContainerStatus;
+
+use super::GlobalOpts;
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kill the container first if it is still running.
+    #[arg(long, short)]
+    pub force: bool,
+    pub container_id: String,
+}
+
+pub fn run(args: DeleteArgs, global: &GlobalOpts) -> Result<()> {
+    let id = &args.container_id;
+    container_id::validate(id)?;
+    let mut container = match shared_kernel::load(&global.root, id) {
+        Ok(container) => container,
+        Err(SharedKernelError::NotFound(_)) => {
+            // A create that died before writing its state can leave a bare directory.
+            let dir = shared_kernel::container_dir(&global.root, id);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
+            }
+            if args.force {
+                return Ok(());
+            }
+            return Err(SharedKernelError::NotFound(id.clone()).into());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let status = container.status();
+    if !args.force && !matches!(status, ContainerStatus::Stopped | ContainerStatus::Created) {
+        bail!("cannot delete container {id}: it is {status}; stop it first or use --force");
+    }
+    container
+        .delete(args.force || status == ContainerStatus::Created)
+        .map_err(|err| SharedKernelError::libcontainer(id, &err))?;
+    Ok(())
+}

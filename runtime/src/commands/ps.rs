@@ -1,0 +1,76 @@
+//! `husk ps`: the processes of a container (`docker top` calls this with --format json).
+
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Args;
+use husk_runtime::shared_kernel::{self, SharedKernelError};
+use libcgroups::common::CgroupManager;
+
+use super::GlobalOpts;
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// table (ps -ef style, filtered to the container) or json (a list of pids).
+    #[arg(long, short, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+    pub container_id: String,
+    /// Options for ps(1) in table format [default: -ef].
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_options: Vec<String>,
+}
+
+pub fn run(args: PsArgs, global: &GlobalOpts) -> Result<()> {
+    let id = &args.container_id;
+    let container = shared_kernel::load(&global.root, id)?;
+    let cgroup = shared_kernel::cgroup_manager(&container)?;
+    let mut pids: Vec<i32> = cgroup
+        .get_all_pids()
+        .map_err(|err| SharedKernelError::Cgroup {
+            id: id.clone(),
+            message: err.to_string(),
+        })?
+        .iter()
+        .map(|pid| pid.as_raw())
+        .collect();
+    pids.sort_unstable();
+
+    if args.format == "json" {
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(());
+    }
+    let options = if args.ps_options.is_empty() {
+        vec!["-ef".to_string()]
+    } else {
+        args.ps_options.clone()
+    };
+    let output = Command::new("ps")
+        .args(&options)
+        .output()
+        .context("cannot run ps")?;
+    if !output.status.success() {
+        bail!(
+            "ps {}: {}",
+            options.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().ok_or_else(|| anyhow!("ps printed nothing"))?;
+    let pid_column = header
+        .split_whitespace()
+        .position(|name| name == "PID")
+        .ok_or_else(|| anyhow!("ps output has no PID column"))?;
+    println!("{header}");
+    for line in lines {
+        let pid = line
+            .split_whitespace()
+            .nth(pid_column)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| pids.contains(&pid)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

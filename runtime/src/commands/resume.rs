@@ -1,0 +1,21 @@
+//! `husk resume`: thaw a paused container.
+
+use anyhow::Result;
+use clap::Args;
+use husk_runtime::shared_kernel::{self, SharedKernelError};
+
+use super::GlobalOpts;
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    pub container_id: String,
+}
+
+pub fn run(args: ResumeArgs, global: &GlobalOpts) -> Result<()> {
+    let id = &args.container_id;
+    let mut container = shared_kernel::load(&global.root, id)?;
+    container
+        .resume()
+        .map_err(|err| SharedKernelError::libcontainer(id, &err))?;
+    Ok(())
+}

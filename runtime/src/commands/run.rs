@@ -1,0 +1,79 @@
+//! `husk run`: create and start a container; unless `--detach`, wait for it, relay
+//! signals and its terminal, delete it, and exit with its exit status.
+
+use anyhow::Result;
+use clap::Args;
+use husk_runtime::shared_kernel::{self, SharedKernelError};
+
+use super::create::{self, CreateOpts};
+use super::foreground::{self, ConsoleListener};
+use super::GlobalOpts;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Return once the container has started instead of waiting for it.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// Keep the container's state after it exits (foreground only).
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub opts: CreateOpts,
+}
+
+pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
+    let id = args.opts.container_id.clone();
+    // A foreground terminal with no console socket is bridged to our own stdio.
+    let wants_terminal = !args.detach
+        && args.opts.console_socket.is_none()
+        && create::load_bundle_spec(&args.opts.bundle)
+            .ok()
+            .and_then(|(_, spec)| spec.process().as_ref().and_then(|p| p.terminal()))
+            .unwrap_or(false);
+    let console = if wants_terminal {
+        global.ensure_root()?;
+        Some(ConsoleListener::bind(&global.root, &id)?)
+    } else {
+        None
+    };
+
+    let mut container =
+        create::create_container(&args.opts, global, console.as_ref().map(|c| c.path()))?;
+    let pty = match &console {
+        Some(console) => match console.receive_master() {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                create::remove_failed_container(&global.root, &id);
+                return Err(err);
+            }
+        },
+        None => None,
+    };
+    drop(console);
+
+    if let Err(err) = container.start() {
+        let failure = SharedKernelError::libcontainer(&id, &err);
+        create::remove_failed_container(&global.root, &id);
+        return Err(failure.into());
+    }
+    if args.detach {
+        return Ok(0);
+    }
+
+    let init = container
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("container {id} started without an init pid"))?;
+    let status = foreground::wait_for_init(init, pty);
+    if !args.keep {
+        match shared_kernel::load(&global.root, &id) {
+            Ok(mut container) => {
+                if let Err(err) = container.delete(true) {
+                    // The workload's exit status matters more than a cleanup failure.
+                    tracing::error!(id, error = %shared_kernel::describe(&err), "delete after run");
+                }
+            }
+            Err(err) => tracing::error!(id, %err, "delete after run"),
+        }
+    }
+    status
+}

@@ -1,0 +1,28 @@
+//! `husk start`: let a created container's process run.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use husk_runtime::shared_kernel::{self, SharedKernelError};
+use libcontainer::container::ContainerStatus;
+
+use super::GlobalOpts;
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    pub container_id: String,
+}
+
+pub fn run(args: StartArgs, global: &GlobalOpts) -> Result<()> {
+    let id = &args.container_id;
+    let mut container = shared_kernel::load(&global.root, id)?;
+    let status = container.status();
+    if status != ContainerStatus::Created {
+        bail!(
+            "cannot start container {id}: it is {status}; only a created container can be started"
+        );
+    }
+    container
+        .start()
+        .map_err(|err| SharedKernelError::libcontainer(id, &err))?;
+    Ok(())
+}

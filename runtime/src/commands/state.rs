@@ -1,0 +1,19 @@
+//! `husk state`: the container's state as runc prints it.
+
+use anyhow::Result;
+use clap::Args;
+use husk_runtime::shared_kernel;
+
+use super::GlobalOpts;
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    pub container_id: String,
+}
+
+pub fn run(args: StateArgs, global: &GlobalOpts) -> Result<()> {
+    let container = shared_kernel::load(&global.root, &args.container_id)?;
+    let state = shared_kernel::runtime_state(&container);
+    println!("{}", serde_json::to_string_pretty(&state)?);
+    Ok(())
+}
