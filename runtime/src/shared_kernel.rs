@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::error::Error as _;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{AnyCgroupManager, CgroupConfig};
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::error::LibcontainerError;
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use crate::container_id::{self, ContainerIdError};
@@ -31,6 +33,9 @@ pub enum SharedKernelError {
     /// libcontainer failed; the message holds its whole cause chain.
     #[error("container {id}: {message}")]
     Libcontainer { id: String, message: String },
+    /// The container's state could not be locked.
+    #[error("container {id}: cannot lock its state: {source}")]
+    Lock { id: String, source: std::io::Error },
     /// The container's cgroup could not be opened.
     #[error("container {id}: cannot open its cgroup: {message}")]
     Cgroup { id: String, message: String },
@@ -52,7 +57,10 @@ pub fn describe(err: &LibcontainerError) -> String {
         LibcontainerError::InvalidInput(detail) => format!("invalid input: {detail}"),
         LibcontainerError::OtherCgroup(detail) => format!("cgroup error: {detail}"),
         LibcontainerError::IncorrectStatus(status) => {
-            format!("the container is {status}, which does not allow this operation")
+            format!(
+                "the container is {}, which does not allow this operation",
+                status_name(*status)
+            )
         }
         other => other.to_string(),
     };
@@ -68,6 +76,17 @@ pub fn describe(err: &LibcontainerError) -> String {
     text
 }
 
+/// The runtime-spec name of a status (`created`, `running`, …), as engines compare it.
+pub fn status_name(status: ContainerStatus) -> &'static str {
+    match status {
+        ContainerStatus::Creating => "creating",
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Stopped => "stopped",
+        ContainerStatus::Paused => "paused",
+    }
+}
+
 /// Where the container's state lives.
 pub fn container_dir(root: &Path, id: &str) -> PathBuf {
     root.join(id)
@@ -78,14 +97,71 @@ pub fn exists(root: &Path, id: &str) -> bool {
     container_dir(root, id).exists()
 }
 
-/// Loads a container and refreshes its status from the live process.
-pub fn load(root: &Path, id: &str) -> Result<Container, SharedKernelError> {
+/// How a command uses a container's state while it holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads state only (`state`, `ps`, `events`).
+    Shared,
+    /// May rewrite or remove state (`start`, `kill`, `delete`, …).
+    Exclusive,
+}
+
+/// A loaded container and the lock that keeps other husk processes from rewriting its
+/// state meanwhile. libcontainer rewrites state.json in place, so a concurrent reader
+/// could otherwise see it empty; every husk command goes through this lock.
+pub struct LockedContainer {
+    pub container: Container,
+    _lock: Flock<File>,
+}
+
+impl std::ops::Deref for LockedContainer {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.container
+    }
+}
+
+impl std::ops::DerefMut for LockedContainer {
+    fn deref_mut(&mut self) -> &mut Container {
+        &mut self.container
+    }
+}
+
+/// Locks the container's directory and loads its state, refreshing its status from
+/// the live process.
+pub fn open(root: &Path, id: &str, access: Access) -> Result<LockedContainer, SharedKernelError> {
     container_id::validate(id)?;
     let dir = container_dir(root, id);
+    let handle = match File::open(&dir) {
+        Ok(handle) => handle,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SharedKernelError::NotFound(id.to_string()))
+        }
+        Err(err) => {
+            return Err(SharedKernelError::Lock {
+                id: id.to_string(),
+                source: err,
+            })
+        }
+    };
+    let mode = match access {
+        Access::Shared => FlockArg::LockShared,
+        Access::Exclusive => FlockArg::LockExclusive,
+    };
+    let lock = Flock::lock(handle, mode).map_err(|(_, errno)| SharedKernelError::Lock {
+        id: id.to_string(),
+        source: errno.into(),
+    })?;
+    // A delete may have removed the directory while we waited for the lock.
     if !dir.join(STATE_FILE).is_file() {
         return Err(SharedKernelError::NotFound(id.to_string()));
     }
-    Container::load(dir).map_err(|err| SharedKernelError::libcontainer(id, &err))
+    let container =
+        Container::load(dir).map_err(|err| SharedKernelError::libcontainer(id, &err))?;
+    Ok(LockedContainer {
+        container,
+        _lock: lock,
+    })
 }
 
 /// Opens the cgroup the container's processes live in.
@@ -134,7 +210,7 @@ pub fn runtime_state(container: &Container) -> RuntimeState {
         oci_version: OCI_VERSION.to_string(),
         id: container.id().to_string(),
         pid,
-        status: status.to_string(),
+        status: status_name(status).to_string(),
         rootfs: rootfs_of(&bundle).unwrap_or_default(),
         bundle,
         created: container
@@ -167,12 +243,24 @@ mod tests {
     #[test]
     fn load_reports_missing_and_invalid_ids() {
         let root = tempfile::tempdir().unwrap();
-        let err = load(root.path(), "ghost").unwrap_err();
+        let err = open(root.path(), "ghost", Access::Shared).err().unwrap();
         assert_eq!(err.to_string(), "container ghost does not exist");
+        // A directory without state (a create in progress) is not a container yet.
+        std::fs::create_dir(root.path().join("half")).unwrap();
         assert!(matches!(
-            load(root.path(), "../etc"),
+            open(root.path(), "half", Access::Exclusive),
+            Err(SharedKernelError::NotFound(_))
+        ));
+        assert!(matches!(
+            open(root.path(), "../etc", Access::Shared),
             Err(SharedKernelError::InvalidId(_))
         ));
+    }
+
+    #[test]
+    fn status_names_are_lowercase_runtime_spec_names() {
+        assert_eq!(status_name(ContainerStatus::Created), "created");
+        assert_eq!(status_name(ContainerStatus::Paused), "paused");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::Args;
 use husk_runtime::container_id;
 use husk_runtime::isolation::{Isolation, IsolationPolicy};
 use husk_runtime::pidfile::write_pid_file;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
@@ -175,7 +175,7 @@ pub fn remove_failed_container(root: &Path, id: &str) {
     if !dir.exists() {
         return;
     }
-    if let Ok(mut container) = shared_kernel::load(root, id) {
+    if let Ok(mut container) = shared_kernel::open(root, id, Access::Exclusive) {
         if let Err(err) = container.delete(true) {
             tracing::warn!(id, error = %shared_kernel::describe(&err), "cleanup after failed create");
         }

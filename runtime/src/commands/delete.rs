@@ -3,7 +3,7 @@
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use husk_runtime::container_id;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::ContainerStatus;
 
 use super::GlobalOpts;
@@ -19,7 +19,7 @@ pub struct DeleteArgs {
 pub fn run(args: DeleteArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     container_id::validate(id)?;
-    let mut container = match shared_kernel::load(&global.root, id) {
+    let mut container = match shared_kernel::open(&global.root, id, Access::Exclusive) {
         Ok(container) => container,
         Err(SharedKernelError::NotFound(_)) => {
             // A create that died before writing its state can leave a bare directory.
@@ -37,7 +37,10 @@ pub fn run(args: DeleteArgs, global: &GlobalOpts) -> Result<()> {
     };
     let status = container.status();
     if !args.force && !matches!(status, ContainerStatus::Stopped | ContainerStatus::Created) {
-        bail!("cannot delete container {id}: it is {status}; stop it first or use --force");
+        bail!(
+            "cannot delete container {id}: it is {}; stop it first or use --force",
+            shared_kernel::status_name(status)
+        );
     }
     container
         .delete(args.force || status == ContainerStatus::Created)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcgroups::common::CgroupManager;
 use libcontainer::container::ContainerStatus;
 
@@ -44,7 +44,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 pub fn run(args: EventsArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     loop {
-        let container = shared_kernel::load(&global.root, id)?;
+        let container = shared_kernel::open(&global.root, id, Access::Shared)?;
         if container.status() == ContainerStatus::Stopped {
             bail!("container {id} is not running");
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use husk_runtime::pidfile::write_pid_file;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
@@ -82,11 +82,14 @@ impl Drop for ProcessFile {
 
 pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
     let id = args.container_id.clone();
-    let container = shared_kernel::load(&global.root, &id)?;
+    let container = shared_kernel::open(&global.root, &id, Access::Shared)?;
     match container.status() {
         ContainerStatus::Running | ContainerStatus::Created => {}
         ContainerStatus::Paused if args.ignore_paused => {}
-        status => bail!("cannot exec in container {id}: it is {status}"),
+        status => bail!(
+            "cannot exec in container {id}: it is {}",
+            shared_kernel::status_name(status)
+        ),
     }
 
     let (process_path, _written) = match &args.process {
@@ -127,6 +130,8 @@ pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
         })
         .map_err(|err| SharedKernelError::libcontainer(&id, &err))?;
 
+    // Others may act on the container while this process runs.
+    drop(container);
     if let Some(pid_file) = &args.pid_file {
         write_pid_file(pid_file, pid.as_raw())?;
     }

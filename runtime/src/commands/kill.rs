@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use husk_runtime::signal::parse_signal;
 use libcontainer::container::ContainerStatus;
 
@@ -22,7 +22,7 @@ pub struct KillArgs {
 pub fn run(args: KillArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     let signal = parse_signal(&args.signal)?;
-    let mut container = shared_kernel::load(&global.root, id)?;
+    let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     // containerd recognises "container not running" and treats the kill as done.
     if container.status() == ContainerStatus::Stopped && !args.all {
         bail!("cannot signal container {id}: container not running");

@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, RuntimeState};
+use husk_runtime::shared_kernel::{self, Access, RuntimeState};
 
 use super::GlobalOpts;
 
@@ -60,7 +60,7 @@ fn collect(global: &GlobalOpts) -> Result<Vec<RuntimeState>> {
             continue;
         }
         // A container being created or deleted right now may vanish under us.
-        if let Ok(container) = shared_kernel::load(&global.root, id) {
+        if let Ok(container) = shared_kernel::open(&global.root, id, Access::Shared) {
             states.push(shared_kernel::runtime_state(&container));
         }
     }

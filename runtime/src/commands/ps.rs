@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcgroups::common::CgroupManager;
 
 use super::GlobalOpts;
@@ -22,7 +22,7 @@ pub struct PsArgs {
 
 pub fn run(args: PsArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
-    let container = shared_kernel::load(&global.root, id)?;
+    let container = shared_kernel::open(&global.root, id, Access::Shared)?;
     let cgroup = shared_kernel::cgroup_manager(&container)?;
     let mut pids: Vec<i32> = cgroup
         .get_all_pids()

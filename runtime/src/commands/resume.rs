@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 
 use super::GlobalOpts;
 
@@ -13,7 +13,7 @@ pub struct ResumeArgs {
 
 pub fn run(args: ResumeArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
-    let mut container = shared_kernel::load(&global.root, id)?;
+    let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     container
         .resume()
         .map_err(|err| SharedKernelError::libcontainer(id, &err))?;

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 
 use super::create::{self, CreateOpts};
 use super::foreground::{self, ConsoleListener};
@@ -37,7 +37,7 @@ pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
         None
     };
 
-    let mut container =
+    let container =
         create::create_container(&args.opts, global, console.as_ref().map(|c| c.path()))?;
     let pty = match &console {
         Some(console) => match console.receive_master() {
@@ -51,21 +51,24 @@ pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
     };
     drop(console);
 
-    if let Err(err) = container.start() {
-        let failure = SharedKernelError::libcontainer(&id, &err);
-        create::remove_failed_container(&global.root, &id);
-        return Err(failure.into());
-    }
+    drop(container);
+    let init = {
+        let mut container = shared_kernel::open(&global.root, &id, Access::Exclusive)?;
+        if let Err(err) = container.start() {
+            let failure = SharedKernelError::libcontainer(&id, &err);
+            drop(container);
+            create::remove_failed_container(&global.root, &id);
+            return Err(failure.into());
+        }
+        container.pid()
+    };
     if args.detach {
         return Ok(0);
     }
-
-    let init = container
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("container {id} started without an init pid"))?;
+    let init = init.ok_or_else(|| anyhow::anyhow!("container {id} started without an init pid"))?;
     let status = foreground::wait_for_init(init, pty);
     if !args.keep {
-        match shared_kernel::load(&global.root, &id) {
+        match shared_kernel::open(&global.root, &id, Access::Exclusive) {
             Ok(mut container) => {
                 if let Err(err) = container.delete(true) {
                     // The workload's exit status matters more than a cleanup failure.

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::ContainerStatus;
 
 use super::GlobalOpts;
@@ -14,11 +14,12 @@ pub struct StartArgs {
 
 pub fn run(args: StartArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
-    let mut container = shared_kernel::load(&global.root, id)?;
+    let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     let status = container.status();
     if status != ContainerStatus::Created {
         bail!(
-            "cannot start container {id}: it is {status}; only a created container can be started"
+            "cannot start container {id}: it is {}; only a created container can be started",
+            shared_kernel::status_name(status)
         );
     }
     container

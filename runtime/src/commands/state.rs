@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel;
+use husk_runtime::shared_kernel::{self, Access};
 
 use super::GlobalOpts;
 
@@ -12,7 +12,7 @@ pub struct StateArgs {
 }
 
 pub fn run(args: StateArgs, global: &GlobalOpts) -> Result<()> {
-    let container = shared_kernel::load(&global.root, &args.container_id)?;
+    let container = shared_kernel::open(&global.root, &args.container_id, Access::Shared)?;
     let state = shared_kernel::runtime_state(&container);
     println!("{}", serde_json::to_string_pretty(&state)?);
     Ok(())

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, SharedKernelError};
+use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use husk_runtime::units::parse_size;
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
@@ -58,7 +58,7 @@ pub struct UpdateArgs {
 
 pub fn run(args: UpdateArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
-    let container = shared_kernel::load(&global.root, id)?;
+    let container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     let resources = match &args.resources {
         Some(path) => read_resources(path)?,
         None => resources_from_flags(&args),
