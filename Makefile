@@ -5,8 +5,9 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-PROFILE ?= release
-TARGET_DIR := $(CURDIR)/target/$(PROFILE)
+# Everything, tests included, builds in release so each crate compiles once.
+CARGO_PROFILE := --release
+TARGET_DIR := $(CURDIR)/target/release
 HUSK := $(TARGET_DIR)/husk
 HUSK_CACHE ?= $(HOME)/.cache/husk
 export HUSK_CACHE
@@ -15,25 +16,30 @@ TEST_SUITES :=
 
 -include mk/*.mk
 
-.PHONY: setup build demo test lint unit-test bench
+.PHONY: setup build demo test lint unit-test e2e bench
 setup:
 	bash scripts/setup.sh
 
 build: setup
-	$(CARGO) build --profile $(PROFILE) --workspace --bins
+	$(CARGO) build $(CARGO_PROFILE) --workspace --bins
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Unit tests: no root, no engines.
 unit-test: setup
-	$(CARGO) test --workspace
+	$(CARGO) test $(CARGO_PROFILE) --workspace --exclude husk-e2e --exclude husk-benches
+
+# End-to-end suites against the real husk binary and real engines (root needed).
+e2e: build
+	$(CARGO) test $(CARGO_PROFILE) -p husk-e2e
 
 demo: build
 	bash scripts/demo.sh
 
-test: build lint unit-test $(TEST_SUITES)
+test: build lint unit-test e2e $(TEST_SUITES)
 	@echo "make test: all suites passed"
 
 bench: build
-	bash benches/run.sh
+	$(CARGO) bench -p husk-benches

@@ -141,3 +141,45 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
     condition()
 }
+
+/// A command running in the background; killed and reaped if dropped unfinished, so a
+/// failing test leaves no process behind.
+pub struct Background {
+    child: Option<std::process::Child>,
+}
+
+impl Background {
+    pub fn spawn(command: &mut Command) -> Self {
+        let description = format!("{command:?}");
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {description}: {err}"));
+        Self { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Waits up to `timeout` for the exit status.
+    pub fn wait(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        match child.wait_timeout(timeout) {
+            Ok(Some(status)) => Some(status),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

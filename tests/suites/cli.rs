@@ -127,12 +127,11 @@ fn cases() -> Vec<(&'static str, Case)> {
                 // Killed from outside: husk run exits 128+9.
                 let bundle = husk.bundle(&["sleep", "1000"]);
                 let id = unique("sig");
-                let mut run = husk
-                    .command()
-                    .args(["run", "-b", bundle.path().to_str().unwrap(), &id])
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
+                let run = cmd::Background::spawn(
+                    husk.command()
+                        .args(["run", "-b", bundle.path().to_str().unwrap(), &id])
+                        .stdout(std::process::Stdio::null()),
+                );
                 check(
                     cmd::wait_until(Duration::from_secs(20), || {
                         husk.husk(&["state", &id]).stdout.contains("\"running\"")
@@ -140,8 +139,8 @@ fn cases() -> Vec<(&'static str, Case)> {
                     || "never ran".into(),
                 )?;
                 husk.husk(&["kill", &id, "KILL"]).ok();
-                let status = run.wait().unwrap();
-                check(status.code() == Some(137), || {
+                let status = run.wait(TIMEOUT);
+                check(status.and_then(|s| s.code()) == Some(137), || {
                     format!("husk run exited {status:?} after SIGKILL")
                 })?;
                 husk.assert_clean(&id)?;
@@ -152,11 +151,12 @@ fn cases() -> Vec<(&'static str, Case)> {
                     "trap 'exit 5' TERM; while true; do sleep 0.1; done",
                 ]);
                 let id = unique("fwd");
-                let mut run = husk
-                    .command()
-                    .args(["run", "-b", trapping.path().to_str().unwrap(), &id])
-                    .spawn()
-                    .unwrap();
+                let run = cmd::Background::spawn(husk.command().args([
+                    "run",
+                    "-b",
+                    trapping.path().to_str().unwrap(),
+                    &id,
+                ]));
                 check(
                     cmd::wait_until(Duration::from_secs(20), || {
                         husk.husk(&["state", &id]).stdout.contains("\"running\"")
@@ -165,12 +165,12 @@ fn cases() -> Vec<(&'static str, Case)> {
                 )?;
                 std::thread::sleep(Duration::from_millis(300));
                 nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(run.id() as i32),
+                    nix::unistd::Pid::from_raw(run.pid()),
                     nix::sys::signal::Signal::SIGTERM,
                 )
                 .unwrap();
-                let status = run.wait().unwrap();
-                check(status.code() == Some(5), || {
+                let status = run.wait(TIMEOUT);
+                check(status.and_then(|s| s.code()) == Some(5), || {
                     format!("husk run exited {status:?} after forwarding SIGTERM")
                 })?;
                 husk.assert_clean(&id)

@@ -35,7 +35,9 @@ impl Env {
 
     fn podman_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> cmd::Output {
         let mut command = Command::new("podman");
+        // conmon drops files such as `oom` into its working directory.
         command
+            .current_dir(self.dir.path())
             .arg("--root")
             .arg(self.dir.path().join("root"))
             .arg("--runroot")

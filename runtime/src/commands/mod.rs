@@ -127,6 +127,17 @@ pub enum Command {
     Events(events::EventsArgs),
 }
 
+impl Command {
+    /// Whether this command forks a process that joins a container (and so runs this
+    /// binary inside it until the workload is exec'd).
+    pub fn enters_container(&self) -> bool {
+        matches!(
+            self,
+            Command::Create(_) | Command::Run(_) | Command::Exec(_)
+        )
+    }
+}
+
 /// Runs one subcommand and returns the process exit code.
 pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
     match command {
