@@ -5,3 +5,12 @@
 //! device list and what is tested where.
 
 pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod lifecycle;
+pub mod vcpu;
+
+pub use builder::{build, build_and_run, build_with, BuildError, Vm};
+pub use config::{Payload, VmConfig, VmSpec};
+pub use lifecycle::{ExitReason, ExitSignal};

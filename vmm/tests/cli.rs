@@ -1,0 +1,127 @@
+//! The `husk-vmm` binary end to end on KVM with raw test guests: exit status through
+//! the debug-exit port, SIGTERM ends it with status 0, errors name what failed.
+//! Needs: /dev/kvm (fails loudly without it).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{console_log, require_kvm, Asm};
+
+const BIN: &str = env!("CARGO_BIN_EXE_husk-vmm");
+
+#[test]
+fn exit_status_comes_from_debug_exit_port_and_console_from_serial() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("guest.bin");
+    std::fs::write(
+        &code,
+        Asm::default()
+            .serial("cli ok\n")
+            .out8(0xf4, 3)
+            .hlt()
+            .finish(),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--raw64", code.to_str().unwrap(), "--memory-mib", "16"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cli ok\n");
+}
+
+#[test]
+fn json_config_and_console_log() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("guest.bin");
+    std::fs::write(
+        &code,
+        Asm::default()
+            .serial("json\n")
+            .out8(0x64, 0xfe)
+            .hlt()
+            .finish(),
+    )
+    .unwrap();
+    let log = dir.path().join("console.log");
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({"raw64": code, "memory_mib": 8, "vcpus": 2, "console": log}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(console_log(&log), "json\n");
+}
+
+#[test]
+fn sigterm_stops_the_vm_with_status_zero() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("guest.bin");
+    let log = dir.path().join("console.log");
+    std::fs::write(&code, Asm::default().serial("spin\n").hlt().finish()).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--raw64",
+            code.to_str().unwrap(),
+            "--memory-mib",
+            "16",
+            "--console",
+        ])
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while console_log(&log) != "spin\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "guest never printed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2) on the child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn errors_name_what_failed() {
+    let out = Command::new(BIN)
+        .args(["--kernel", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kernel file missing: /nonexistent/vmlinux"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["--memory-mib", "16"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no kernel given"));
+}

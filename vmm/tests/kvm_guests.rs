@@ -1,0 +1,169 @@
+//! KVM-layer tests: tiny purpose-built guests assembled here as raw machine code run
+//! through the public builder on the host's /dev/kvm (PVM here). The VMM sets up long
+//! mode and 2 MiB identity pages; the guests do serial writes, MMIO and port I/O.
+//! Needs: /dev/kvm (fails loudly without it).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{console_log, require_kvm, Asm};
+use husk_vmm::devices::BusDevice;
+use husk_vmm::{ExitReason, VmSpec};
+
+fn spec_with_console(code: Vec<u8>, dir: &tempfile::TempDir) -> (VmSpec, std::path::PathBuf) {
+    let log = dir.path().join("console.log");
+    let mut spec = VmSpec::raw64(code);
+    spec.console = Some(log.clone());
+    (spec, log)
+}
+
+#[test]
+fn serial_output_and_debug_exit_code() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = Asm::default()
+        .serial("hello from husk\n")
+        .out8(0xf4, 42)
+        .hlt()
+        .finish();
+    let (spec, log) = spec_with_console(code, &dir);
+    let reason = husk_vmm::build_and_run(&spec).expect("VM runs");
+    let out = console_log(&log);
+    assert_eq!(reason, ExitReason::DebugExit(42), "console:\n{out}");
+    assert_eq!(reason.exit_code(), 42);
+    assert_eq!(out, "hello from husk\n");
+}
+
+/// MMIO writes seen: (offset, bytes).
+type Writes = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Records MMIO accesses and answers reads with a fixed value.
+struct Recorder {
+    writes: Writes,
+}
+
+impl BusDevice for Recorder {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = 0x1234_5600u32 | offset as u32;
+        data.copy_from_slice(&v.to_le_bytes()[..data.len()]);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.writes.lock().unwrap().push((offset, data.to_vec()));
+    }
+}
+
+#[test]
+fn mmio_exits_decode_address_length_and_data() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    const BASE: u64 = 0xd800_0000;
+    let code = Asm::default()
+        .store32(BASE + 0x10, 0xdead_beef)
+        .load32(BASE + 0x21) // al = 0x21: the offset the device saw
+        .out_al(0xf4)
+        .hlt()
+        .finish();
+    let (spec, log) = spec_with_console(code, &dir);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let w = writes.clone();
+    let vm = husk_vmm::build_with(&spec, move |vm| {
+        vm.add_mmio_device(BASE, 0x1000, Arc::new(Mutex::new(Recorder { writes: w })))?;
+        Ok(())
+    })
+    .expect("VM builds");
+    let reason = vm.run().expect("VM runs");
+    assert_eq!(
+        reason,
+        ExitReason::DebugExit(0x21),
+        "console:\n{}",
+        console_log(&log)
+    );
+    assert_eq!(
+        *writes.lock().unwrap(),
+        vec![(0x10, 0xdead_beefu32.to_le_bytes().to_vec())]
+    );
+}
+
+#[test]
+fn i8042_reset_ends_vm_cleanly() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = Asm::default()
+        .serial("rebooting\n")
+        .out8(0x64, 0xfe)
+        .hlt()
+        .finish();
+    let (spec, log) = spec_with_console(code, &dir);
+    let reason = husk_vmm::build_and_run(&spec).expect("VM runs");
+    assert_eq!(reason, ExitReason::Reset, "console:\n{}", console_log(&log));
+    assert_eq!(reason.exit_code(), 0);
+}
+
+#[test]
+fn unclaimed_port_reads_all_ones_and_serial_lsr_is_ready() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    // in al, 0x70 (nothing there) -> 0xff -> exit code 255.
+    let code = Asm::default().in_al(0x70).out_al(0xf4).hlt().finish();
+    let (spec, _log) = spec_with_console(code, &dir);
+    assert_eq!(
+        husk_vmm::build_and_run(&spec).unwrap(),
+        ExitReason::DebugExit(0xff)
+    );
+    // LSR (0x3fd) reports THR empty + idle: 0x60.
+    let code = Asm::default().in_al(0x3fd).out_al(0xf4).hlt().finish();
+    let (spec, _log) = spec_with_console(code, &dir);
+    assert_eq!(
+        husk_vmm::build_and_run(&spec).unwrap(),
+        ExitReason::DebugExit(0x60)
+    );
+}
+
+#[test]
+fn stop_request_ends_a_spinning_multi_vcpu_guest() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    // Prints, then spins in hlt (the in-kernel irqchip keeps it inside KVM); APs wait
+    // for INIT/SIPI. A stop request must kick every vCPU out.
+    let code = Asm::default().serial("up\n").hlt().finish();
+    let (mut spec, log) = spec_with_console(code, &dir);
+    spec.vcpus = 2;
+    let vm = husk_vmm::build(&spec).expect("VM builds");
+    let exit = vm.exit_signal();
+    let started = Instant::now();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        exit.request(ExitReason::Stopped);
+    });
+    let reason = vm.run().expect("VM runs");
+    stopper.join().unwrap();
+    assert_eq!(reason, ExitReason::Stopped);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(console_log(&log), "up\n");
+}
+
+#[test]
+fn memory_too_small_and_pvm_linux_are_named_errors() {
+    require_kvm();
+    let mut spec = VmSpec::raw64(vec![0xf4]);
+    spec.memory_mib = 1;
+    let err = husk_vmm::build(&spec).err().expect("must fail");
+    assert!(err.to_string().contains("memory too small"), "{err}");
+
+    // A Linux payload on a PVM host is refused up front, naming the reason.
+    if husk_vmm::builder::pvm_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF").unwrap();
+        let spec = husk_vmm::VmConfig {
+            kernel: Some(kernel),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let err = husk_vmm::build(&spec).err().expect("must fail on PVM");
+        assert!(err.to_string().contains("PVM host detected"), "{err}");
+    }
+}
