@@ -11,7 +11,7 @@ use std::time::Duration;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -36,6 +36,8 @@ use crate::devices::legacy::{
 use crate::devices::{Bus, BusError};
 use crate::lifecycle::{ExitReason, ExitSignal, LifecycleError};
 use crate::vcpu::{install_kick_handler, kick_signal, spawn_vcpu, VcpuError};
+use crate::virtio::mmio::{reg, MmioTransport};
+use crate::virtio::VirtioDevice;
 
 /// Errors from building or running a VM. Each names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,9 @@ pub enum BuildError {
     /// An eventfd could not be created.
     #[error("creating an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::VirtioError),
     /// The kernel command line could not be built.
     #[error("kernel command line: {0}")]
     Cmdline(#[from] linux_loader::cmdline::Error),
@@ -324,6 +329,30 @@ impl Vm {
         cl.add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)?;
         self.cmdline.push(' ');
         self.cmdline.push_str(&cl.as_cstring()?.to_string_lossy());
+        Ok((base, irq))
+    }
+
+    /// Puts `device` behind a virtio-mmio transport in the next MMIO window: irqfd for
+    /// its GSI, one ioeventfd per queue at QueueNotify (datamatch = queue index), and a
+    /// `virtio_mmio.device=` entry on the kernel command line. Returns (base, irq).
+    pub fn add_virtio_device(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(u64, u32), BuildError> {
+        let (base, irq) = self.allocate_virtio_slot()?;
+        let irq_evt = self.irqfd(irq)?;
+        let transport = MmioTransport::new(device, self.mem.clone(), irq_evt)?;
+        for (i, evt) in transport.queue_evts().iter().enumerate() {
+            self.vm
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                    i as u32,
+                )
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
+        }
+        self.mmio_bus
+            .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
         Ok((base, irq))
     }
 

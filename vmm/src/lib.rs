@@ -14,3 +14,4 @@ pub mod vcpu;
 pub use builder::{build, build_and_run, build_with, BuildError, Vm};
 pub use config::{Payload, VmConfig, VmSpec};
 pub use lifecycle::{ExitReason, ExitSignal};
+pub mod virtio;
