@@ -37,6 +37,7 @@ use crate::devices::{Bus, BusError};
 use crate::lifecycle::{ExitReason, ExitSignal, LifecycleError};
 use crate::vcpu::{install_kick_handler, kick_signal, spawn_vcpu, VcpuError};
 use crate::virtio::mmio::{reg, MmioTransport};
+use crate::virtio::vsock::VsockDevice;
 use crate::virtio::VirtioDevice;
 
 /// Errors from building or running a VM. Each names what failed.
@@ -96,6 +97,9 @@ pub enum BuildError {
     /// An eventfd could not be created.
     #[error("creating an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] crate::virtio::vsock::VsockError),
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] crate::virtio::VirtioError),
@@ -250,6 +254,11 @@ pub fn build_with(
         1,
         Arc::new(Mutex::new(DebugExit::new(machine.exit.clone()))),
     )?;
+    if let Some((path, cid)) = &spec.vsock {
+        let vsock = VsockDevice::new(u64::from(*cid), path.clone())?;
+        let (base, irq) = machine.add_virtio_device(Box::new(vsock))?;
+        tracing::info!(base, irq, path = %path.display(), "virtio-vsock");
+    }
     add_devices(&mut machine)?;
 
     // Kernel (or raw code), boot structures, initial vCPU state.

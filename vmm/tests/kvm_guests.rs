@@ -167,3 +167,36 @@ fn memory_too_small_and_pvm_linux_are_named_errors() {
         assert!(err.to_string().contains("PVM host detected"), "{err}");
     }
 }
+
+#[test]
+fn virtio_vsock_registers_are_visible_to_the_guest() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("v.sock");
+    // Guest reads MagicValue's low byte ('v') and DeviceID (19) over MMIO and reports
+    // them through the serial port and the debug-exit port.
+    let code = Asm::default()
+        .load32(0xd000_0000)
+        .out_al(0x3f8)
+        .load32(0xd000_0008)
+        .out_al(0xf4)
+        .hlt()
+        .finish();
+    let (mut spec, log) = spec_with_console(code, &dir);
+    spec.vsock = Some((sock.clone(), 3));
+    let vm = husk_vmm::build(&spec).expect("VM builds");
+    assert!(
+        vm.cmdline().contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "{}",
+        vm.cmdline()
+    );
+    assert!(sock.exists(), "vsock socket bound at build time");
+    let reason = vm.run().expect("VM runs");
+    assert_eq!(
+        reason,
+        ExitReason::DebugExit(19),
+        "console:\n{}",
+        console_log(&log)
+    );
+    assert_eq!(console_log(&log), "v");
+}

@@ -4,6 +4,7 @@
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
