@@ -4,6 +4,6 @@
 
 .PHONY: test-vmm
 test-vmm:
-	$(CARGO) test -p husk-vmm --release --lib --test kvm_guests --test cli
+	$(CARGO) test -p husk-vmm --release --lib --test kvm_guests --test vsock_guest --test cli
 
 TEST_SUITES += test-vmm

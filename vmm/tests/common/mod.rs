@@ -90,3 +90,90 @@ pub fn require_kvm() {
 pub fn console_log(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("<no console log: {e}>"))
 }
+
+impl Asm {
+    /// `movabs rax, addr; mov word [rax], val`.
+    pub fn store16(mut self, addr: u64, val: u16) -> Self {
+        self.0.extend([0x48, 0xb8]);
+        self.0.extend(addr.to_le_bytes());
+        self.0.extend([0x66, 0xc7, 0x00]);
+        self.0.extend(val.to_le_bytes());
+        self
+    }
+
+    /// Spins until the u16 at `addr` is at least `n` (< 128):
+    /// `movabs rax, addr; 1: pause; movzx ecx, word [rax]; cmp ecx, n; jb 1b`.
+    pub fn wait_u16_at_least(mut self, addr: u64, n: u8) -> Self {
+        assert!(n < 128);
+        self.0.extend([0x48, 0xb8]);
+        self.0.extend(addr.to_le_bytes());
+        self.0
+            .extend([0xf3, 0x90, 0x0f, 0xb7, 0x08, 0x83, 0xf9, n, 0x72, 0xf6]);
+        self
+    }
+}
+
+/// A split virtqueue of `size` entries laid out by a test in guest memory: descriptor
+/// table at `base`, available ring at `base + 0x1000`, used ring at `base + 0x2000`.
+#[derive(Clone, Copy)]
+pub struct GuestRing {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+    /// Entries.
+    pub size: u16,
+}
+
+impl GuestRing {
+    /// A ring at `base`.
+    pub fn at(base: u64, size: u16) -> Self {
+        GuestRing {
+            desc: base,
+            avail: base + 0x1000,
+            used: base + 0x2000,
+            size,
+        }
+    }
+
+    /// Writes descriptor `idx`.
+    pub fn desc<M: vm_memory::Bytes<vm_memory::GuestAddress>>(
+        &self,
+        mem: &M,
+        idx: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) where
+        M::E: std::fmt::Debug,
+    {
+        use vm_memory::GuestAddress;
+        let d = self.desc + 16 * u64::from(idx);
+        mem.write_obj(addr, GuestAddress(d)).unwrap();
+        mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+        mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+        mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+    }
+
+    /// Puts chain `head` in available-ring slot `slot` (the index is published later).
+    pub fn offer<M: vm_memory::Bytes<vm_memory::GuestAddress>>(&self, mem: &M, slot: u16, head: u16)
+    where
+        M::E: std::fmt::Debug,
+    {
+        let a = vm_memory::GuestAddress(self.avail + 4 + 2 * u64::from(slot));
+        mem.write_obj(head, a).unwrap();
+    }
+
+    /// Address of the available ring's index (the driver publishes by writing it).
+    pub fn avail_idx_addr(&self) -> u64 {
+        self.avail + 2
+    }
+
+    /// Address of the used ring's index (the device publishes by writing it).
+    pub fn used_idx_addr(&self) -> u64 {
+        self.used + 2
+    }
+}
