@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{console_log, require_kvm, Asm};
+use common::{bzimage, console_log, elf_kernel, require_kvm, Asm};
 use husk_vmm::devices::BusDevice;
 use husk_vmm::{ExitReason, VmSpec};
 
@@ -199,4 +199,77 @@ fn virtio_vsock_registers_are_visible_to_the_guest() {
         console_log(&log)
     );
     assert_eq!(console_log(&log), "v");
+}
+
+/// Boots a purpose-built "kernel" through the Linux payload path (allowed on PVM
+/// because it is not a stock Linux).
+fn boot_kernel_image(image: &[u8], initramfs: Option<&[u8]>) -> (ExitReason, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel");
+    std::fs::write(&kernel, image).unwrap();
+    let initrd = initramfs.map(|data| {
+        let p = dir.path().join("initrd");
+        std::fs::write(&p, data).unwrap();
+        p
+    });
+    let log = dir.path().join("console.log");
+    let spec = husk_vmm::VmConfig {
+        kernel: Some(kernel),
+        initramfs: initrd,
+        cmdline: Some("husk-test console=ttyS0".into()),
+        memory_mib: 64,
+        console: Some(log.clone()),
+        allow_pvm: true,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let reason = husk_vmm::build_and_run(&spec).expect("VM runs");
+    (reason, console_log(&log))
+}
+
+#[test]
+fn pvh_elf_kernel_starts_in_32bit_mode_with_start_info() {
+    require_kvm();
+    // 32-bit code at the PVH entry: print "pvh\n", print the low byte of
+    // hvm_start_info.magic (0x78 'x') read through ebx, then exit with the first byte
+    // of the command line (cmdline_paddr at ebx+24).
+    let mut code = Asm::default().serial("pvh\n").finish();
+    code.extend([0x8b, 0x03]); // mov eax, [ebx]
+    code.extend(Asm::default().out_al(0x3f8).finish());
+    code.extend([0x8b, 0x43, 0x18, 0x8a, 0x00]); // mov eax, [ebx+24]; mov al, [eax]
+    code.extend(Asm::default().out_al(0xf4).hlt().finish());
+    // A 64-bit entry at offset 0 that must not be used: exit 0xee.
+    let mut image = Asm::default().out8(0xf4, 0xee).hlt().finish();
+    let pvh_off = image.len() as u32;
+    image.extend(code);
+    let (reason, console) = boot_kernel_image(&elf_kernel(&image, Some(pvh_off)), None);
+    assert_eq!(reason, ExitReason::DebugExit(b'h'), "console:\n{console}");
+    assert_eq!(console, "pvh\nx");
+}
+
+#[test]
+fn elf_kernel_without_pvh_note_uses_64bit_entry_and_zero_page() {
+    require_kvm();
+    // 64-bit entry: rsi = zero page; exit with the first byte of the command line
+    // (zero page cmd_line_ptr at +0x228).
+    let mut code = Asm::default().serial("elf64\n").finish();
+    code.extend([0x8b, 0x86, 0x28, 0x02, 0x00, 0x00, 0x8a, 0x00]); // mov eax,[rsi+0x228]; mov al,[rax]
+    code.extend(Asm::default().out_al(0xf4).hlt().finish());
+    let (reason, console) = boot_kernel_image(&elf_kernel(&code, None), None);
+    assert_eq!(reason, ExitReason::DebugExit(b'h'), "console:\n{console}");
+    assert_eq!(console, "elf64\n");
+}
+
+#[test]
+fn bzimage_uses_linux_boot_protocol_with_initramfs() {
+    require_kvm();
+    // 64-bit entry at load+0x200: rsi = zero page. Exit with the first byte of the
+    // initramfs (ramdisk_image at zero page +0x218).
+    let mut code = Asm::default().serial("bz\n").finish();
+    code.extend([0x8b, 0x86, 0x18, 0x02, 0x00, 0x00, 0x8a, 0x00]); // mov eax,[rsi+0x218]; mov al,[rax]
+    code.extend(Asm::default().out_al(0xf4).hlt().finish());
+    let (reason, console) = boot_kernel_image(&bzimage(&code), Some(b"07070100"));
+    assert_eq!(reason, ExitReason::DebugExit(b'0'), "console:\n{console}");
+    assert_eq!(console, "bz\n");
 }

@@ -177,3 +177,73 @@ impl GuestRing {
         self.used + 2
     }
 }
+
+/// A minimal ELF64 "vmlinux": one PT_LOAD of `code` at 1 MiB (entry = 1 MiB) and, with
+/// `pvh_entry_offset`, a PT_NOTE carrying XEN_ELFNOTE_PHYS32_ENTRY = 1 MiB + offset.
+pub fn elf_kernel(code: &[u8], pvh_entry_offset: Option<u32>) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const NOTE_OFF: u64 = 0x200;
+    const CODE_OFF: u64 = 0x1000;
+    let mut f = vec![0u8; CODE_OFF as usize];
+    let phnum: u16 = if pvh_entry_offset.is_some() { 2 } else { 1 };
+    let mut eh = Vec::new();
+    eh.extend(b"\x7fELF\x02\x01\x01\x00");
+    eh.extend([0u8; 8]);
+    eh.extend(2u16.to_le_bytes()); // ET_EXEC
+    eh.extend(0x3eu16.to_le_bytes()); // x86-64
+    eh.extend(1u32.to_le_bytes());
+    eh.extend(LOAD.to_le_bytes()); // e_entry
+    eh.extend(64u64.to_le_bytes()); // e_phoff
+    eh.extend(0u64.to_le_bytes()); // e_shoff
+    eh.extend(0u32.to_le_bytes()); // e_flags
+    eh.extend(64u16.to_le_bytes()); // e_ehsize
+    eh.extend(56u16.to_le_bytes()); // e_phentsize
+    eh.extend(phnum.to_le_bytes());
+    eh.extend([0u8; 6]); // e_shentsize, e_shnum, e_shstrndx
+    f[..64].copy_from_slice(&eh);
+    let phdr = |kind: u32, flags: u32, off: u64, addr: u64, size: u64, align: u64| {
+        let mut p = Vec::new();
+        p.extend(kind.to_le_bytes());
+        p.extend(flags.to_le_bytes());
+        p.extend(off.to_le_bytes());
+        p.extend(addr.to_le_bytes());
+        p.extend(addr.to_le_bytes());
+        p.extend(size.to_le_bytes());
+        p.extend(size.to_le_bytes());
+        p.extend(align.to_le_bytes());
+        p
+    };
+    let load = phdr(1, 5, CODE_OFF, LOAD, code.len() as u64, 0x1000);
+    f[64..120].copy_from_slice(&load);
+    if let Some(off) = pvh_entry_offset {
+        let mut note = Vec::new();
+        note.extend(4u32.to_le_bytes()); // namesz
+        note.extend(4u32.to_le_bytes()); // descsz
+        note.extend(18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+        note.extend(b"Xen\0");
+        note.extend((LOAD as u32 + off).to_le_bytes());
+        let n = phdr(4, 4, NOTE_OFF, 0, note.len() as u64, 4);
+        f[120..176].copy_from_slice(&n);
+        f[NOTE_OFF as usize..NOTE_OFF as usize + note.len()].copy_from_slice(&note);
+    }
+    f.extend(code);
+    f
+}
+
+/// A minimal bzImage: one setup sector with a boot-protocol 2.15 header, then a
+/// "protected-mode kernel" whose 64-bit entry (offset 0x200) is `code64`.
+pub fn bzimage(code64: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 1024];
+    f[0x1f1] = 1; // setup_sects
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    f[0x211] = 1; // LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    f[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+    f[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+    let mut kernel = vec![0x90u8; 0x200]; // 32-bit entry: unused here
+    kernel.extend(code64);
+    f.extend(kernel);
+    f
+}
