@@ -35,6 +35,7 @@ use crate::devices::legacy::{
 };
 use crate::devices::{Bus, BusError};
 use crate::lifecycle::{ExitReason, ExitSignal, LifecycleError};
+use crate::seccomp::SeccompLevel;
 use crate::vcpu::{install_kick_handler, kick_signal, spawn_vcpu, VcpuError};
 use crate::virtio::mmio::{reg, MmioTransport};
 use crate::virtio::vsock::VsockDevice;
@@ -128,6 +129,19 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     cmdline: String,
     next_virtio: u32,
+    seccomp: SeccompLevel,
+}
+
+/// A VM whose vCPUs are running; [`wait`](RunningVm::wait) for its end.
+pub struct RunningVm {
+    threads: Vec<JoinHandle<()>>,
+    exit: Arc<ExitSignal>,
+    // Devices live until the vCPUs are joined.
+    _io: Arc<Bus>,
+    _mmio: Arc<Bus>,
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+    _kvm: Kvm,
 }
 
 /// Builds the VM described by `spec`: KVM → VM → memory → vCPUs → devices → kernel.
@@ -222,6 +236,7 @@ pub fn build_with(
         exit: Arc::new(ExitSignal::new()?),
         cmdline: String::new(),
         next_virtio: 0,
+        seccomp: spec.seccomp,
     };
 
     // Devices: serial (IRQ 4), i8042 (reset), debug exit, then virtio-mmio devices.
@@ -255,7 +270,7 @@ pub fn build_with(
         Arc::new(Mutex::new(DebugExit::new(machine.exit.clone()))),
     )?;
     if let Some((path, cid)) = &spec.vsock {
-        let vsock = VsockDevice::new(u64::from(*cid), path.clone())?;
+        let vsock = VsockDevice::new(u64::from(*cid), path.clone(), spec.seccomp)?;
         let (base, irq) = machine.add_virtio_device(Box::new(vsock))?;
         tracing::info!(base, irq, path = %path.display(), "virtio-vsock");
     }
@@ -377,6 +392,11 @@ impl Vm {
 
     /// Starts one thread per vCPU and waits until the VM stops; returns why.
     pub fn run(self) -> Result<ExitReason, BuildError> {
+        Ok(self.start()?.wait())
+    }
+
+    /// Starts one thread per vCPU (each installs its seccomp filter first).
+    pub fn start(self) -> Result<RunningVm, BuildError> {
         install_kick_handler()?;
         let io = Arc::new(self.io_bus);
         let mmio = Arc::new(self.mmio_bus);
@@ -388,7 +408,7 @@ impl Vm {
                 io.clone(),
                 mmio.clone(),
                 self.exit.clone(),
-                None,
+                self.seccomp,
             );
             match t {
                 Ok(t) => threads.push(t),
@@ -398,21 +418,41 @@ impl Vm {
                 }
             }
         }
+        Ok(RunningVm {
+            threads,
+            exit: self.exit,
+            _io: io,
+            _mmio: mmio,
+            _vm: self.vm,
+            _mem: self.mem,
+            _kvm: self._kvm,
+        })
+    }
+}
+
+impl RunningVm {
+    /// The signal that stops the VM.
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
+    /// Waits until the VM stops, kicks every vCPU out of KVM_RUN, joins them, tears
+    /// the devices down and returns why it stopped.
+    pub fn wait(self) -> ExitReason {
         wait_readable(self.exit.eventfd());
         // Kick vCPUs out of KVM_RUN until each thread has seen the stop flag.
-        for t in &threads {
+        for t in &self.threads {
             while !t.is_finished() {
                 let _ = t.kill(kick_signal());
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        for t in threads {
+        let exit = self.exit.clone();
+        for t in self.threads {
             let _ = t.join();
         }
-        Ok(self
-            .exit
-            .reason()
-            .unwrap_or(ExitReason::Error("VM stopped without a reason".into())))
+        exit.reason()
+            .unwrap_or(ExitReason::Error("VM stopped without a reason".into()))
     }
 }
 

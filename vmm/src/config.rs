@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, MIN_LINUX_MEMORY_MIB, MIN_MEMORY_MIB};
+use crate::seccomp::SeccompLevel;
 
 /// Default kernel command line: serial console, i8042 reset for reboot, panic reboots,
 /// no PCI, no legacy keyboard probing beyond what the reset needs.
@@ -106,6 +107,9 @@ pub struct VmConfig {
     /// Try to boot a Linux kernel even on a PVM host (where stock kernels fail).
     #[serde(default)]
     pub allow_pvm: bool,
+    /// Per-thread seccomp filters: off, log or enforce (default).
+    #[serde(default)]
+    pub seccomp: SeccompLevel,
 }
 
 fn default_vcpus() -> u8 {
@@ -131,6 +135,7 @@ impl Default for VmConfig {
             vsock: None,
             vsock_cid: default_cid(),
             allow_pvm: false,
+            seccomp: SeccompLevel::default(),
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct VmSpec {
     pub vsock: Option<(PathBuf, u32)>,
     /// Boot Linux even on a PVM host.
     pub allow_pvm: bool,
+    /// Seccomp filters for the VMM's threads.
+    pub seccomp: SeccompLevel,
 }
 
 fn parent_exists(p: &Path) -> bool {
@@ -236,6 +243,7 @@ impl VmConfig {
             console: self.console.clone(),
             vsock: self.vsock.clone().map(|p| (p, self.vsock_cid)),
             allow_pvm: self.allow_pvm,
+            seccomp: self.seccomp,
         };
         spec.check()?;
         Ok(spec)
@@ -253,6 +261,7 @@ impl VmSpec {
             console: None,
             vsock: None,
             allow_pvm: false,
+            seccomp: SeccompLevel::default(),
         }
     }
 

@@ -11,7 +11,9 @@ pub mod devices;
 pub mod lifecycle;
 pub mod vcpu;
 
-pub use builder::{build, build_and_run, build_with, BuildError, Vm};
+pub use builder::{build, build_and_run, build_with, BuildError, RunningVm, Vm};
 pub use config::{Payload, VmConfig, VmSpec};
 pub use lifecycle::{ExitReason, ExitSignal};
+pub use seccomp::SeccompLevel;
+pub mod seccomp;
 pub mod virtio;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_vmm::{ExitReason, VmConfig};
+use husk_vmm::seccomp::{self, ThreadRole};
+use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 
 /// Boot a husk microVM (KVM, virtio-mmio).
 ///
@@ -17,6 +18,13 @@ use husk_vmm::{ExitReason, VmConfig};
 /// with --vsock, hybrid Unix-socket backend: host clients connect to <vsock> and send
 /// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>.
 /// SIGTERM or SIGINT stops the VM and exits 0.
+///
+/// Hardening: every thread installs a seccomp allowlist for its role (--seccomp,
+/// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
+/// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
+/// calls and the FIONBIO ioctl; the main thread, once the vCPUs run, poll, tgkill,
+/// sleep and teardown calls; the signal thread sigwait. A forbidden syscall prints
+/// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
@@ -54,6 +62,10 @@ struct Cli {
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
     allow_pvm: bool,
+    /// Per-thread seccomp filters: enforce (default), log (violations allowed and
+    /// audited), off.
+    #[arg(long, value_enum)]
+    seccomp: Option<SeccompLevel>,
 }
 
 impl Cli {
@@ -78,31 +90,53 @@ impl Cli {
         c.vsock = self.vsock.or(c.vsock);
         c.vsock_cid = self.vsock_cid.unwrap_or(c.vsock_cid);
         c.allow_pvm |= self.allow_pvm;
+        c.seccomp = self.seccomp.unwrap_or(c.seccomp);
         Ok(c)
     }
 }
 
-/// Blocks SIGTERM/SIGINT in every thread and turns them into a VM stop request.
-fn forward_stop_signals(exit: std::sync::Arc<husk_vmm::ExitSignal>) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT, handled by the signal thread.
+fn stop_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it fully.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         set
-    };
+    }
+}
+
+/// Blocks SIGTERM/SIGINT before any thread exists, so every thread inherits the mask
+/// and only the signal thread's sigwait sees them.
+fn block_stop_signals() -> anyhow::Result<()> {
+    let set = stop_signals();
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     anyhow::ensure!(rc == 0, "blocking SIGTERM: errno {rc}");
+    Ok(())
+}
+
+/// Turns SIGTERM/SIGINT into a VM stop request, on a confined thread.
+fn forward_stop_signals(
+    exit: std::sync::Arc<husk_vmm::ExitSignal>,
+    seccomp: SeccompLevel,
+) -> anyhow::Result<()> {
+    let set = stop_signals();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` and `sig` are valid for the call; the signals are blocked.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                tracing::info!(sig, "stop signal received");
-                exit.request(ExitReason::Stopped);
+        .spawn(move || {
+            if let Err(e) = seccomp::apply(ThreadRole::Signals, seccomp) {
+                exit.request(ExitReason::Error(e.to_string()));
+                return;
+            }
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` and `sig` are valid for the call; the signals are blocked.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    tracing::info!(sig, "stop signal received");
+                    exit.request(ExitReason::Stopped);
+                }
             }
         })
         .context("spawning the signal thread")?;
@@ -113,12 +147,15 @@ fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     let config = cli.into_config()?;
     let spec = config.validate().context("invalid VM configuration")?;
+    block_stop_signals()?;
     let vm = husk_vmm::build(&spec).context("building the VM")?;
     if !vm.cmdline().is_empty() {
         tracing::info!(cmdline = vm.cmdline(), "kernel command line");
     }
-    forward_stop_signals(vm.exit_signal())?;
-    let reason = vm.run().context("running the VM")?;
+    forward_stop_signals(vm.exit_signal(), spec.seccomp)?;
+    let running = vm.start().context("starting the vCPUs")?;
+    seccomp::apply(ThreadRole::Main, spec.seccomp).context("confining the main thread")?;
+    let reason = running.wait();
     if let ExitReason::Error(msg) = &reason {
         eprintln!("husk-vmm: VM failed: {msg}");
     } else {

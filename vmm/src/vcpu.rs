@@ -8,6 +8,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::Bus;
 use crate::lifecycle::{ExitReason, ExitSignal};
+use crate::seccomp::{self, SeccompLevel, ThreadRole};
 
 /// KVM_SYSTEM_EVENT_SHUTDOWN.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -104,20 +105,21 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
         .map_err(VcpuError::KickHandler)
 }
 
-/// Runs `vcpu` on its own thread until the VM stops.
+/// Runs `vcpu` on its own thread, confined by `seccomp`, until the VM stops.
 pub fn spawn_vcpu(
     id: u8,
     mut vcpu: VcpuFd,
     io: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
-    on_start: Option<Arc<dyn Fn() + Send + Sync>>,
+    seccomp: SeccompLevel,
 ) -> Result<JoinHandle<()>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            if let Some(f) = on_start {
-                f();
+            if let Err(e) = seccomp::apply(ThreadRole::Vcpu, seccomp) {
+                exit.request(ExitReason::Error(format!("vCPU {id}: {e}")));
+                return;
             }
             run_loop(id, &mut vcpu, &io, &mmio, &exit)
         })

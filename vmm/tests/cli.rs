@@ -79,7 +79,9 @@ fn sigterm_stops_the_vm_with_status_zero() {
     let dir = tempfile::tempdir().unwrap();
     let code = dir.path().join("guest.bin");
     let log = dir.path().join("console.log");
+    let sock = dir.path().join("v.sock");
     std::fs::write(&code, Asm::default().serial("spin\n").hlt().finish()).unwrap();
+    // Seccomp enforced (the default) and a vsock device: teardown runs confined too.
     let mut child = Command::new(BIN)
         .args([
             "--raw64",
@@ -89,6 +91,8 @@ fn sigterm_stops_the_vm_with_status_zero() {
             "--console",
         ])
         .arg(&log)
+        .arg("--vsock")
+        .arg(&sock)
         .spawn()
         .unwrap();
     let start = Instant::now();
@@ -99,11 +103,15 @@ fn sigterm_stops_the_vm_with_status_zero() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(sock.exists(), "vsock socket while the VM runs");
+    // A host client may connect before the guest driver is up; it waits.
+    let _early = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     // SAFETY: plain kill(2) on the child's pid.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "vsock socket removed on exit");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -17,6 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::{Header, Interest, OutPacket, VsockMuxer};
 use super::{VsockError, MAX_PKT_DATA};
+use crate::seccomp::{self, SeccompLevel, ThreadRole};
 use crate::virtio::{
     ActivateContext, Interrupt, VirtioDevice, VirtioError, INT_VRING, VIRTIO_F_VERSION_1,
 };
@@ -37,38 +39,74 @@ const TOKEN_LISTENER: u64 = 4;
 /// Host sockets use `TOKEN_SOCKET_BASE + fd`.
 const TOKEN_SOCKET_BASE: u64 = 16;
 
-/// The vsock device before and after activation.
+/// Messages to the vsock thread.
+enum WorkerMsg {
+    /// The driver set DRIVER_OK: serve these queues until reset.
+    Activate(ActivateContext),
+    /// The device is going away.
+    Exit,
+}
+
+/// The vsock device. Its thread starts with the device (so vCPU threads never spawn
+/// threads) and serves the queues between activation and reset.
 pub struct VsockDevice {
     guest_cid: u64,
-    uds_path: PathBuf,
-    muxer: Option<VsockMuxer>,
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    to_worker: Sender<WorkerMsg>,
+    /// Ends an activation (reset) or wakes the thread to exit.
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl VsockDevice {
     /// A device with guest CID `guest_cid`; binds `uds_path` now so host clients can
-    /// connect before the guest driver is up (they wait in the listen backlog).
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
-        let muxer = VsockMuxer::new(&uds_path, guest_cid)?;
+    /// connect before the guest driver is up (they wait in the listen backlog). The
+    /// worker thread confines itself with `seccomp`.
+    pub fn new(
+        guest_cid: u64,
+        uds_path: PathBuf,
+        seccomp: SeccompLevel,
+    ) -> Result<Self, VsockError> {
+        let mut muxer = VsockMuxer::new(&uds_path, guest_cid)?;
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(VsockError::Worker)?;
+        let worker_stop = stop.try_clone().map_err(VsockError::Worker)?;
+        let (to_worker, from_device) = channel::<WorkerMsg>();
+        let thread = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || {
+                if let Err(e) = seccomp::apply(ThreadRole::VsockWorker, seccomp) {
+                    tracing::error!("vsock thread: {e}");
+                    return;
+                }
+                while let Ok(WorkerMsg::Activate(ctx)) = from_device.recv() {
+                    let _ = worker_stop.read();
+                    match VsockWorker::new(ctx, muxer, &worker_stop) {
+                        Ok(w) => muxer = w.run(),
+                        Err(failed) => {
+                            let (m, e) = *failed;
+                            tracing::error!("vsock activation: {e}");
+                            muxer = m;
+                        }
+                    }
+                    muxer.reset();
+                }
+            })
+            .map_err(VsockError::Worker)?;
         Ok(VsockDevice {
             guest_cid,
-            uds_path,
-            muxer: Some(muxer),
-            worker: None,
+            to_worker,
+            stop,
+            thread: Some(thread),
         })
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some((kill, handle)) = self.worker.take() {
-            let _ = kill.write(1);
-            let _ = handle.join();
-        }
     }
 }
 
 impl Drop for VsockDevice {
     fn drop(&mut self) {
-        self.stop_worker();
+        let _ = self.to_worker.send(WorkerMsg::Exit);
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -93,25 +131,13 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        self.stop_worker();
-        let muxer = match self.muxer.take() {
-            Some(m) => m,
-            None => VsockMuxer::new(&self.uds_path, self.guest_cid)
-                .map_err(|e| VirtioError::Activate(e.to_string()))?,
-        };
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let worker = VsockWorker::new(ctx, muxer, kill.try_clone().map_err(VirtioError::EventFd)?)
-            .map_err(|e| VirtioError::Activate(e.to_string()))?;
-        let handle = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || worker.run())
-            .map_err(|e| VirtioError::Activate(e.to_string()))?;
-        self.worker = Some((kill, handle));
-        Ok(())
+        self.to_worker
+            .send(WorkerMsg::Activate(ctx))
+            .map_err(|_| VirtioError::Activate("the vsock thread has exited".into()))
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        let _ = self.stop.write(1);
     }
 }
 
@@ -122,15 +148,38 @@ pub struct VsockWorker {
     queue_evts: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
     muxer: VsockMuxer,
-    /// Registered in `epoll`; kept open here so the registration lives.
-    _kill: EventFd,
     epoll: Epoll,
     watched: HashMap<RawFd, EventSet>,
 }
 
 impl VsockWorker {
-    /// A worker over the activated queues.
-    pub fn new(ctx: ActivateContext, muxer: VsockMuxer, kill: EventFd) -> Result<Self, VsockError> {
+    /// A worker over the activated queues; `stop` ends [`run`](Self::run). On error
+    /// the muxer is handed back.
+    pub fn new(
+        ctx: ActivateContext,
+        muxer: VsockMuxer,
+        stop: &EventFd,
+    ) -> Result<Self, Box<(VsockMuxer, VsockError)>> {
+        let epoll = match Self::epoll_for(&ctx, &muxer, stop) {
+            Ok(e) => e,
+            Err(e) => return Err(Box::new((muxer, e))),
+        };
+        Ok(VsockWorker {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            queue_evts: ctx.queue_evts,
+            interrupt: ctx.interrupt,
+            muxer,
+            epoll,
+            watched: HashMap::new(),
+        })
+    }
+
+    fn epoll_for(
+        ctx: &ActivateContext,
+        muxer: &VsockMuxer,
+        stop: &EventFd,
+    ) -> Result<Epoll, VsockError> {
         let epoll = Epoll::new().map_err(VsockError::Worker)?;
         let add = |fd: RawFd, token: u64| {
             epoll
@@ -146,18 +195,9 @@ impl VsockWorker {
                 add(e.as_raw_fd(), token)?;
             }
         }
-        add(kill.as_raw_fd(), TOKEN_KILL)?;
+        add(stop.as_raw_fd(), TOKEN_KILL)?;
         add(muxer.listener_fd(), TOKEN_LISTENER)?;
-        Ok(VsockWorker {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            queue_evts: ctx.queue_evts,
-            interrupt: ctx.interrupt,
-            muxer,
-            _kill: kill,
-            epoll,
-            watched: HashMap::new(),
-        })
+        Ok(epoll)
     }
 
     /// The muxer (tests).
@@ -165,8 +205,8 @@ impl VsockWorker {
         &mut self.muxer
     }
 
-    /// Runs until the kill eventfd fires.
-    pub fn run(mut self) {
+    /// Runs until the stop eventfd fires; returns the muxer.
+    pub fn run(mut self) -> VsockMuxer {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
             self.process_tx();
@@ -177,7 +217,7 @@ impl VsockWorker {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!("vsock epoll: {e}");
-                    return;
+                    return self.muxer;
                 }
             };
             for ev in &events[..n] {
@@ -186,7 +226,7 @@ impl VsockWorker {
                     TOKEN_RX => drain_evt(&self.queue_evts[RXQ]),
                     TOKEN_TX => drain_evt(&self.queue_evts[TXQ]),
                     TOKEN_EV => drain_evt(&self.queue_evts[EVQ]),
-                    TOKEN_KILL => return,
+                    TOKEN_KILL => return self.muxer,
                     TOKEN_LISTENER => self.muxer.accept(),
                     token => {
                         let fd = (token - TOKEN_SOCKET_BASE) as RawFd;
@@ -422,7 +462,10 @@ mod tests {
             acked_features: VIRTIO_F_VERSION_1,
         };
         let muxer = VsockMuxer::new(&sock, CID).unwrap();
-        let mut w = VsockWorker::new(ctx, muxer, EventFd::new(0).unwrap()).unwrap();
+        let stop = EventFd::new(0).unwrap();
+        let mut w = VsockWorker::new(ctx, muxer, &stop)
+            .map_err(|f| f.1)
+            .unwrap();
 
         // Guest: REQUEST to host port 1234 (header-only chain), then RW "ping" with the
         // header and payload in separate descriptors.
@@ -470,7 +513,8 @@ mod tests {
     #[test]
     fn config_space_is_the_guest_cid() {
         let dir = tempfile::tempdir().unwrap();
-        let dev = VsockDevice::new(0x1_0000_0003, dir.path().join("v.sock")).unwrap();
+        let dev =
+            VsockDevice::new(0x1_0000_0003, dir.path().join("v.sock"), SeccompLevel::Off).unwrap();
         let mut lo = [0u8; 4];
         dev.read_config(0, &mut lo);
         let mut hi = [0u8; 4];

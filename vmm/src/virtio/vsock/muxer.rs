@@ -181,6 +181,14 @@ impl VsockMuxer {
         self.listener.as_raw_fd()
     }
 
+    /// Drops every connection and queued packet (device reset); keeps listening.
+    pub fn reset(&mut self) {
+        self.handshakes.clear();
+        self.conns.clear();
+        self.by_fd.clear();
+        self.out.clear();
+    }
+
     /// Number of live connections (tests, logging).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
