@@ -24,6 +24,7 @@ use crate::arch::layout::{
     CMDLINE_MAX_SIZE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE,
     VIRTIO_MMIO_SIZE,
 };
+use crate::arch::mptable::setup_mptable;
 use crate::arch::regs::{
     configure_vcpu, gdt_for, set_lint, setup_page_tables, write_gdt, RegsError,
 };
@@ -75,6 +76,9 @@ pub enum BuildError {
     /// Loading the guest payload failed.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] crate::arch::mptable::MptableError),
     /// Setting up vCPU registers failed.
     #[error(transparent)]
     Regs(#[from] RegsError),
@@ -302,6 +306,7 @@ pub fn build_with(
     };
     write_gdt(&machine.mem, &gdt_for(&mode))?;
     setup_page_tables(&machine.mem)?;
+    setup_mptable(&machine.mem, spec.vcpus)?;
     for vcpu in &machine.vcpus {
         let taken = configure_vcpu(vcpu, &mode)?;
         if taken < crate::arch::regs::boot_msrs().len() {

@@ -5,4 +5,5 @@ pub mod boot;
 pub mod cpuid;
 pub mod e820;
 pub mod layout;
+pub mod mptable;
 pub mod regs;
