@@ -12,7 +12,8 @@
 # protocol (CONNECT/OK) to it. Passes when the guest booted, the vsock echo round trip
 # worked and husk-vmm exited 0.
 #
-# Without a project guest kernel the stock Debian bzImage is the guest; it lacks
+# Without a project guest kernel (or with HUSK_GUEST_KERNEL=debian) the stock Debian
+# bzImage is the guest; it lacks
 # VIRTIO_MMIO_CMDLINE_DEVICES (no ACPI here, so no virtio discovery), so only boot,
 # console and reboot → exit 0 are checked, and the script says so.
 # Needs: root, Debian apt (qemu-system-x86, busybox-static, cpio, the kernel package),
@@ -54,6 +55,7 @@ if ! ls "$CACHE"/root/boot/vmlinuz-* >/dev/null 2>&1; then
 fi
 VMLINUZ=$(ls "$CACHE"/root/boot/vmlinuz-* | head -1)
 GUEST_KERNEL=${HUSK_GUEST_KERNEL:-$(ls -t "${HUSK_CACHE:-$HOME/.cache/husk}"/kernel/*/vmlinux 2>/dev/null | head -1 || true)}
+[ "$GUEST_KERNEL" = debian ] && GUEST_KERNEL=
 if [ -n "$GUEST_KERNEL" ]; then
     VSOCK=1
     say "guest kernel: $GUEST_KERNEL"
