@@ -212,7 +212,14 @@ impl VsockWorker {
             self.process_tx();
             self.process_rx();
             self.sync_interests();
-            let n = match self.epoll.wait(-1, &mut events) {
+            // Wake for the earliest handshake/close deadline, if any.
+            let timeout = self.muxer.next_deadline().map_or(-1, |d| {
+                let ms = d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis();
+                ms.clamp(1, i32::MAX as u128) as i32
+            });
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -235,10 +242,12 @@ impl VsockWorker {
                             fd,
                             set.contains(EventSet::IN) || hup,
                             set.contains(EventSet::OUT),
+                            hup,
                         );
                     }
                 }
             }
+            self.muxer.expire(std::time::Instant::now());
         }
     }
 
@@ -493,7 +502,7 @@ mod tests {
         host.write_all(b"pong").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         for (fd, i) in w.muxer_mut().interests() {
-            w.muxer_mut().socket_ready(fd, i.read, i.write);
+            w.muxer_mut().socket_ready(fd, i.read, i.write, false);
         }
         w.process_rx();
         assert_eq!(rxq.used_idx(), 2);

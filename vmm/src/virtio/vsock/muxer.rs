@@ -12,6 +12,7 @@ use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{op, VsockError, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
@@ -25,6 +26,8 @@ pub const MAX_RX_DATA: usize = 4096;
 pub const MAX_PENDING_PACKETS: usize = 256;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
+/// How long a guest has to answer our REQUEST, or to send RST after our SHUTDOWN.
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// First host-side port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -100,6 +103,9 @@ struct Connection {
     tx_buf: VecDeque<u8>,
     /// The guest will send no more: shut the socket's write half once flushed.
     peer_done_sending: bool,
+    /// When the connection entered its current state (for the handshake and close
+    /// timeouts).
+    since: Instant,
 }
 
 impl Connection {
@@ -114,7 +120,13 @@ impl Connection {
             fwd_cnt_told: Wrapping(0),
             tx_buf: VecDeque::new(),
             peer_done_sending: false,
+            since: Instant::now(),
         }
+    }
+
+    fn enter(&mut self, state: ConnState) {
+        self.state = state;
+        self.since = Instant::now();
     }
 
     /// Bytes the guest can still take.
@@ -187,6 +199,30 @@ impl VsockMuxer {
         self.conns.clear();
         self.by_fd.clear();
         self.out.clear();
+    }
+
+    /// The earliest handshake or close deadline, if any connection waits on the guest.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter(|c| c.state != ConnState::Established)
+            .map(|c| c.since + STATE_TIMEOUT)
+            .min()
+    }
+
+    /// Resets connections whose guest never answered our REQUEST or SHUTDOWN in time.
+    pub fn expire(&mut self, now: Instant) {
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state != ConnState::Established && now >= c.since + STATE_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            tracing::debug!(?key, "vsock: guest did not answer in time, RST");
+            self.remove(key);
+            self.rst(key);
+        }
     }
 
     /// Number of live connections (tests, logging).
@@ -263,8 +299,8 @@ impl VsockMuxer {
         }
     }
 
-    /// Handles readiness of host socket `fd`.
-    pub fn socket_ready(&mut self, fd: RawFd, readable: bool, writable: bool) {
+    /// Handles readiness of host socket `fd`; `hangup` means both directions closed.
+    pub fn socket_ready(&mut self, fd: RawFd, readable: bool, writable: bool, hangup: bool) {
         if self.handshakes.contains_key(&fd) {
             self.read_handshake(fd);
             return;
@@ -272,6 +308,16 @@ impl VsockMuxer {
         let Some(&key) = self.by_fd.get(&fd) else {
             return;
         };
+        let established = self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.state == ConnState::Established);
+        if hangup && !established {
+            // Gone while waiting on the guest: epoll would keep reporting it.
+            self.remove(key);
+            self.rst(key);
+            return;
+        }
         if writable {
             self.flush_to_host(key);
         }
@@ -438,7 +484,7 @@ impl VsockMuxer {
         }
         let ok = format!("OK {}\n", key.0);
         match c.stream.write_all(ok.as_bytes()) {
-            Ok(()) => c.state = ConnState::Established,
+            Ok(()) => c.enter(ConnState::Established),
             Err(_) => {
                 self.remove(key);
                 self.rst(key);
@@ -539,7 +585,7 @@ impl VsockMuxer {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
                     // Host hung up: tell the guest, wait for its RST.
-                    c.state = ConnState::Closing;
+                    c.enter(ConnState::Closing);
                     self.push(key, op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, Vec::new());
                     return;
                 }
@@ -597,7 +643,7 @@ mod tests {
     fn pump(m: &mut VsockMuxer) {
         m.accept();
         for (fd, i) in m.interests() {
-            m.socket_ready(fd, i.read, i.write);
+            m.socket_ready(fd, i.read, i.write, false);
         }
     }
 
@@ -794,6 +840,41 @@ mod tests {
         m.handle_guest_packet(&h, &big);
         assert_eq!(drain(&mut m).last().unwrap().hdr.op, op::RST);
         assert_eq!(m.connection_count(), 0);
+    }
+
+    #[test]
+    fn unanswered_request_times_out_with_rst() {
+        let (_d, path, mut m) = muxer();
+        let mut host = UnixStream::connect(&path).unwrap();
+        host.write_all(b"CONNECT 77\n").unwrap();
+        pump(&mut m);
+        let req = drain(&mut m);
+        assert_eq!(req[0].hdr.op, op::REQUEST);
+        let deadline = m.next_deadline().expect("waiting on the guest");
+        m.expire(deadline - Duration::from_millis(1));
+        assert_eq!(m.connection_count(), 1, "not yet");
+        m.expire(deadline);
+        assert_eq!(m.connection_count(), 0);
+        let rst = drain(&mut m);
+        assert_eq!((rst[0].hdr.op, rst[0].hdr.dst_port), (op::RST, 77));
+        assert!(m.next_deadline().is_none());
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(host.read(&mut b).unwrap(), 0, "host socket closed");
+    }
+
+    #[test]
+    fn host_hangup_before_guest_answers_resets() {
+        let (_d, path, mut m) = muxer();
+        let mut host = UnixStream::connect(&path).unwrap();
+        host.write_all(b"CONNECT 78\n").unwrap();
+        pump(&mut m);
+        assert_eq!(drain(&mut m)[0].hdr.op, op::REQUEST);
+        let (fd, _) = m.interests()[0];
+        drop(host);
+        m.socket_ready(fd, true, false, true);
+        assert_eq!(m.connection_count(), 0);
+        assert_eq!(drain(&mut m)[0].hdr.op, op::RST);
     }
 
     #[test]
