@@ -128,12 +128,14 @@ for m in irqbypass kvm kvm-amd; do insmod /mod/$m.ko; done
 [ -c /dev/kvm ] || { echo "NESTED-HOST: no /dev/kvm"; poweroff -f; }
 echo "NESTED-HOST-READY uptime $(cut -d' ' -f1 /proc/uptime)"
 VSOCK=@VSOCK@
-if [ $VSOCK = 1 ]; then /vsock_probe host /tmp/v.sock 1024 & probe=$!; fi
+# The probe logs to a file: on the shared console its lines would interleave with
+# the guest's.
+if [ $VSOCK = 1 ]; then /vsock_probe host /tmp/v.sock 1024 >/tmp/probe.log 2>&1 & probe=$!; fi
 HUSK_VMM_LOG=info /husk-vmm --kernel /guest/vmlinuz --initramfs /guest/initrd \
     --memory-mib 256 --vcpus 2 --vsock /tmp/v.sock \
     --cmdline "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd husk.vsock=$VSOCK"
 echo "HUSK-VMM-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
-if [ $VSOCK = 1 ]; then wait $probe; echo "VSOCK-PROBE-EXIT=$?"; fi
+if [ $VSOCK = 1 ]; then wait $probe; rc=$?; cat /tmp/probe.log; echo "VSOCK-PROBE-EXIT=$rc"; fi
 poweroff -f
 INIT
 sed -i "s/@VSOCK@/$VSOCK/" "$H/init"
