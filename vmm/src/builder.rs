@@ -36,7 +36,7 @@ use crate::devices::legacy::{
 };
 use crate::devices::{Bus, BusError};
 use crate::lifecycle::{ExitReason, ExitSignal, LifecycleError};
-use crate::seccomp::SeccompLevel;
+use crate::seccomp::{SeccompLevel, ThreadRole};
 use crate::vcpu::{install_kick_handler, kick_signal, spawn_vcpu, VcpuError};
 use crate::virtio::mmio::{reg, MmioTransport};
 use crate::virtio::vsock::VsockDevice;
@@ -99,6 +99,9 @@ pub enum BuildError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The console input thread could not be spawned.
+    #[error("spawning the console input thread: {0}")]
+    ConsoleThread(#[source] std::io::Error),
     /// An eventfd could not be created.
     #[error("creating an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
@@ -134,6 +137,7 @@ pub struct Vm {
     cmdline: String,
     next_virtio: u32,
     seccomp: SeccompLevel,
+    console_input: Option<Arc<Mutex<SerialDevice>>>,
 }
 
 /// A VM whose vCPUs are running; [`wait`](RunningVm::wait) for its end.
@@ -241,6 +245,7 @@ pub fn build_with(
         cmdline: String::new(),
         next_virtio: 0,
         seccomp: spec.seccomp,
+        console_input: None,
     };
 
     // Devices: serial (IRQ 4), i8042 (reset), debug exit, then virtio-mmio devices.
@@ -258,11 +263,13 @@ pub fn build_with(
         None => Box::new(std::io::stdout()),
     };
     let serial_irq = machine.irqfd(SERIAL_IRQ)?;
-    machine.io_bus.insert(
-        SERIAL_PORT,
-        SERIAL_PORT_LEN,
-        Arc::new(Mutex::new(SerialDevice::new(serial_irq, console))),
-    )?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+    machine
+        .io_bus
+        .insert(SERIAL_PORT, SERIAL_PORT_LEN, serial.clone())?;
+    if spec.console_input {
+        machine.console_input = Some(serial);
+    }
     machine.io_bus.insert(
         I8042_PORT,
         I8042_PORT_LEN,
@@ -423,6 +430,9 @@ impl Vm {
                 }
             }
         }
+        if let Some(serial) = self.console_input {
+            spawn_console_input(serial, self.exit.clone(), self.seccomp)?;
+        }
         Ok(RunningVm {
             threads,
             exit: self.exit,
@@ -459,6 +469,46 @@ impl RunningVm {
         exit.reason()
             .unwrap_or(ExitReason::Error("VM stopped without a reason".into()))
     }
+}
+
+/// Forwards stdin to the UART until stdin ends or the VM stops. Detached: it may sit
+/// in read(2) when the VM ends, which is harmless in the VMM process.
+fn spawn_console_input(
+    serial: Arc<Mutex<SerialDevice>>,
+    exit: Arc<ExitSignal>,
+    seccomp: SeccompLevel,
+) -> Result<(), BuildError> {
+    use std::io::Read;
+    std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            if let Err(e) = crate::seccomp::apply(ThreadRole::ConsoleInput, seccomp) {
+                exit.request(ExitReason::Error(e.to_string()));
+                return;
+            }
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 64];
+            while !exit.is_stopping() {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() && !exit.is_stopping() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if taken == 0 {
+                        // The guest has not drained the 64-byte FIFO yet.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map_err(BuildError::ConsoleThread)?;
+    Ok(())
 }
 
 /// Blocks until `evt` is readable.

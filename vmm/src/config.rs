@@ -107,6 +107,9 @@ pub struct VmConfig {
     /// Try to boot a Linux kernel even on a PVM host (where stock kernels fail).
     #[serde(default)]
     pub allow_pvm: bool,
+    /// Forward the VMM's stdin to the guest's serial port.
+    #[serde(default)]
+    pub console_input: bool,
     /// Per-thread seccomp filters: off, log or enforce (default).
     #[serde(default)]
     pub seccomp: SeccompLevel,
@@ -135,6 +138,7 @@ impl Default for VmConfig {
             vsock: None,
             vsock_cid: default_cid(),
             allow_pvm: false,
+            console_input: false,
             seccomp: SeccompLevel::default(),
         }
     }
@@ -171,6 +175,8 @@ pub struct VmSpec {
     pub vsock: Option<(PathBuf, u32)>,
     /// Boot Linux even on a PVM host.
     pub allow_pvm: bool,
+    /// Forward stdin to the serial port.
+    pub console_input: bool,
     /// Seccomp filters for the VMM's threads.
     pub seccomp: SeccompLevel,
 }
@@ -243,6 +249,7 @@ impl VmConfig {
             console: self.console.clone(),
             vsock: self.vsock.clone().map(|p| (p, self.vsock_cid)),
             allow_pvm: self.allow_pvm,
+            console_input: self.console_input,
             seccomp: self.seccomp,
         };
         spec.check()?;
@@ -261,6 +268,7 @@ impl VmSpec {
             console: None,
             vsock: None,
             allow_pvm: false,
+            console_input: false,
             seccomp: SeccompLevel::default(),
         }
     }

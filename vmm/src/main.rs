@@ -23,13 +23,13 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 /// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
 /// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
 /// calls and the FIONBIO ioctl; the main thread, once the vCPUs run, poll, tgkill,
-/// sleep and teardown calls; the signal thread sigwait. A forbidden syscall prints
+/// sleep and teardown calls; the signal thread sigwait; the console input thread read. A forbidden syscall prints
 /// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
-    /// console, vsock, vsock_cid, allow_pvm); flags override it.
+    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
@@ -62,6 +62,10 @@ struct Cli {
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
     allow_pvm: bool,
+    /// Forward stdin to the guest's serial port (no terminal raw mode: use
+    /// `stty raw -echo` for an interactive shell).
+    #[arg(long)]
+    console_input: bool,
     /// Per-thread seccomp filters: enforce (default), log (violations allowed and
     /// audited), off.
     #[arg(long, value_enum)]
@@ -90,6 +94,7 @@ impl Cli {
         c.vsock = self.vsock.or(c.vsock);
         c.vsock_cid = self.vsock_cid.unwrap_or(c.vsock_cid);
         c.allow_pvm |= self.allow_pvm;
+        c.console_input |= self.console_input;
         c.seccomp = self.seccomp.unwrap_or(c.seccomp);
         Ok(c)
     }

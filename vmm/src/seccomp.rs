@@ -42,6 +42,8 @@ pub enum ThreadRole {
     Main,
     /// The binary's signal thread: sigwait and the stop request.
     Signals,
+    /// Forwards stdin to the serial port.
+    ConsoleInput,
 }
 
 /// Errors from building or installing a filter.
@@ -124,6 +126,11 @@ fn role_syscalls(role: ThreadRole) -> &'static [i64] {
             libc::SYS_unlinkat,
         ],
         ThreadRole::Signals => &[libc::SYS_rt_sigtimedwait],
+        ThreadRole::ConsoleInput => &[
+            libc::SYS_read,
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+        ],
     }
 }
 
@@ -158,7 +165,7 @@ pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, S
         ThreadRole::VsockWorker => {
             rules.insert(libc::SYS_ioctl, vec![arg1_is(FIONBIO).map_err(build)?]);
         }
-        ThreadRole::Main | ThreadRole::Signals => {}
+        ThreadRole::Main | ThreadRole::Signals | ThreadRole::ConsoleInput => {}
     }
     let mismatch = match level {
         SeccompLevel::Log => SeccompAction::Log,
@@ -223,6 +230,7 @@ mod tests {
             ThreadRole::VsockWorker,
             ThreadRole::Main,
             ThreadRole::Signals,
+            ThreadRole::ConsoleInput,
         ] {
             for level in [SeccompLevel::Log, SeccompLevel::Enforce] {
                 let prog = filter_for(role, level).unwrap();
@@ -239,6 +247,12 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
+            // Keep the handler's message out of the test output.
+            // SAFETY: open/dup2 on valid arguments in the child.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                libc::dup2(null, 2);
+            }
             let code = match apply(ThreadRole::Signals, SeccompLevel::Enforce) {
                 Ok(()) => {
                     // Allowed: getpid. Forbidden for this role: socket → SIGSYS → 159.

@@ -133,3 +133,26 @@ fn errors_name_what_failed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no kernel given"));
 }
+
+#[test]
+fn console_input_reaches_the_guest_uart() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("guest.bin");
+    // 1: mov dx, 0x3fd; in al, dx; test al, 1; jz 1b   (wait for data ready)
+    //    mov dx, 0x3f8; in al, dx; mov dx, 0xf4; out dx, al
+    let mut guest = vec![0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0xf7];
+    guest.extend(Asm::default().in_al(0x3f8).out_al(0xf4).hlt().finish());
+    std::fs::write(&code, guest).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--raw64", code.to_str().unwrap(), "--memory-mib", "16"])
+        .arg("--console-input")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"Z").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(i32::from(b'Z')));
+}
