@@ -18,7 +18,7 @@ pub enum ExitReason {
     Halted,
     /// The guest wrote this value to the debug-exit port.
     DebugExit(u8),
-    /// The VMM was told to stop (SIGTERM, [`StopHandle`]).
+    /// The VMM was told to stop (SIGTERM, or [`ExitSignal::request`] from the embedder).
     Stopped,
     /// Something failed; the message says what.
     Error(String),
