@@ -1,0 +1,189 @@
+//! `husk-vmm`: boots one microVM from flags or a JSON config and exits with the guest's
+//! exit status (0 for poweroff, reboot, i8042 reset or SIGTERM; the byte written to the
+//! debug-exit port 0xf4; 1 for errors).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use husk_vmm::seccomp::{self, ThreadRole};
+use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
+
+/// Boot a husk microVM (KVM, virtio-mmio).
+///
+/// Devices: 8250 serial on port 0x3f8 (IRQ 4) to --console or stdout; i8042 at
+/// 0x60/0x64 (guest reset ends the VMM, exit 0); debug-exit port 0xf4 (a written byte
+/// becomes the exit status; for test guests); virtio-vsock at 0xd0000000 (IRQ 5)
+/// with --vsock, hybrid Unix-socket backend: host clients connect to <vsock> and send
+/// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>.
+/// SIGTERM or SIGINT stops the VM and exits 0.
+///
+/// Hardening: every thread installs a seccomp allowlist for its role (--seccomp,
+/// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
+/// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
+/// calls and the FIONBIO ioctl; the main thread, once the vCPUs run, poll, tgkill,
+/// sleep and teardown calls; the signal thread sigwait; the console input thread read. A forbidden syscall prints
+/// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
+#[derive(Debug, Parser)]
+#[command(name = "husk-vmm", version)]
+struct Cli {
+    /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
+    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Raw 64-bit machine code, loaded at 1 MiB and entered in long mode (test guests).
+    #[arg(long, conflicts_with = "kernel")]
+    raw64: Option<PathBuf>,
+    /// Initramfs image.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line (default: console=ttyS0 reboot=k panic=1 pci=off i8042.*).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs (default 1).
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB (default 128).
+    #[arg(long)]
+    memory_mib: Option<u32>,
+    /// Console log file (default: stdout).
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// Hybrid vsock Unix socket path (enables the virtio-vsock device).
+    #[arg(long)]
+    vsock: Option<PathBuf>,
+    /// Guest CID for vsock (default 3).
+    #[arg(long)]
+    vsock_cid: Option<u32>,
+    /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
+    #[arg(long)]
+    allow_pvm: bool,
+    /// Forward stdin to the guest's serial port (no terminal raw mode: use
+    /// `stty raw -echo` for an interactive shell).
+    #[arg(long)]
+    console_input: bool,
+    /// Per-thread seccomp filters: enforce (default), log (violations allowed and
+    /// audited), off.
+    #[arg(long, value_enum)]
+    seccomp: Option<SeccompLevel>,
+}
+
+impl Cli {
+    fn into_config(self) -> anyhow::Result<VmConfig> {
+        let mut c = match &self.config {
+            Some(p) => VmConfig::from_json_file(p)?,
+            None => VmConfig::default(),
+        };
+        if self.kernel.is_some() {
+            c.kernel = self.kernel;
+            c.raw64 = None;
+        }
+        if self.raw64.is_some() {
+            c.raw64 = self.raw64;
+            c.kernel = None;
+        }
+        c.initramfs = self.initramfs.or(c.initramfs);
+        c.cmdline = self.cmdline.or(c.cmdline);
+        c.vcpus = self.vcpus.unwrap_or(c.vcpus);
+        c.memory_mib = self.memory_mib.unwrap_or(c.memory_mib);
+        c.console = self.console.or(c.console);
+        c.vsock = self.vsock.or(c.vsock);
+        c.vsock_cid = self.vsock_cid.unwrap_or(c.vsock_cid);
+        c.allow_pvm |= self.allow_pvm;
+        c.console_input |= self.console_input;
+        c.seccomp = self.seccomp.unwrap_or(c.seccomp);
+        Ok(c)
+    }
+}
+
+/// SIGTERM and SIGINT, handled by the signal thread.
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it fully.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM/SIGINT before any thread exists, so every thread inherits the mask
+/// and only the signal thread's sigwait sees them.
+fn block_stop_signals() -> anyhow::Result<()> {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    anyhow::ensure!(rc == 0, "blocking SIGTERM: errno {rc}");
+    Ok(())
+}
+
+/// Turns SIGTERM/SIGINT into a VM stop request, on a confined thread.
+fn forward_stop_signals(
+    exit: std::sync::Arc<husk_vmm::ExitSignal>,
+    seccomp: SeccompLevel,
+) -> anyhow::Result<()> {
+    let set = stop_signals();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Err(e) = seccomp::apply(ThreadRole::Signals, seccomp) {
+                exit.request(ExitReason::Error(e.to_string()));
+                return;
+            }
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` and `sig` are valid for the call; the signals are blocked.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    tracing::info!(sig, "stop signal received");
+                    exit.request(ExitReason::Stopped);
+                }
+            }
+        })
+        .context("spawning the signal thread")?;
+    Ok(())
+}
+
+fn run() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    let config = cli.into_config()?;
+    let spec = config.validate().context("invalid VM configuration")?;
+    block_stop_signals()?;
+    let vm = husk_vmm::build(&spec).context("building the VM")?;
+    if !vm.cmdline().is_empty() {
+        tracing::info!(cmdline = vm.cmdline(), "kernel command line");
+    }
+    forward_stop_signals(vm.exit_signal(), spec.seccomp)?;
+    let running = vm.start().context("starting the vCPUs")?;
+    seccomp::apply(ThreadRole::Main, spec.seccomp).context("confining the main thread")?;
+    let reason = running.wait();
+    if let ExitReason::Error(msg) = &reason {
+        eprintln!("husk-vmm: VM failed: {msg}");
+    } else {
+        tracing::info!(?reason, "VM ended");
+    }
+    Ok(reason.exit_code())
+}
+
+fn main() -> ExitCode {
+    // Log level from HUSK_VMM_LOG (error, warn, info, debug, trace; default warn).
+    let level = std::env::var("HUSK_VMM_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
+    match run() {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("husk-vmm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
