@@ -1,0 +1,191 @@
+//! Host-side probe for a booted guest: connects through hybrid vsock (`CONNECT
+//! 1024\n` / `OK ...\n`), calls the health check and version, and optionally runs a
+//! container and checks its output and exit status. Used by tests/guest/boot_test.sh.
+//!
+//! usage: agent_probe --socket HOST_UDS [--port 1024] [--timeout SECS]
+//!                    [--container-spec config.json --rootfs REL_PATH
+//!                     --shared-tag TAG --expect-stdout TEXT --expect-exit N]
+//!
+//! Exits non-zero with a message on any mismatch.
+
+use husk_agent_protocol::agent::{self as pb, health_check_response::ServingStatus};
+use husk_agent_protocol::agent_ttrpc::{AgentClient, HealthClient};
+use husk_agent_protocol::hybrid_vsock;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Args {
+    socket: PathBuf,
+    port: u32,
+    timeout: Duration,
+    spec: Option<PathBuf>,
+    rootfs: String,
+    shared_tag: String,
+    expect_stdout: Option<String>,
+    expect_exit: Option<i32>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        port: husk_agent_protocol::AGENT_VSOCK_PORT,
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--socket" => a.socket = val()?.into(),
+            "--port" => a.port = val()?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--timeout" => {
+                a.timeout =
+                    Duration::from_secs(val()?.parse().map_err(|e| format!("--timeout: {e}"))?)
+            }
+            "--container-spec" => a.spec = Some(val()?.into()),
+            "--rootfs" => a.rootfs = val()?,
+            "--shared-tag" => a.shared_tag = val()?,
+            "--expect-stdout" => a.expect_stdout = Some(val()?),
+            "--expect-exit" => {
+                a.expect_exit = Some(val()?.parse().map_err(|e| format!("--expect-exit: {e}"))?)
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.socket.as_os_str().is_empty() {
+        return Err("--socket is required".into());
+    }
+    Ok(a)
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent_probe: FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The guest listener appears only once the agent runs: retry until the deadline.
+fn connect(a: &Args, started: Instant) -> Result<ttrpc::Client, String> {
+    let mut last = String::new();
+    while started.elapsed() < a.timeout {
+        match hybrid_vsock::connect_ttrpc(&a.socket, a.port, Duration::from_secs(5)) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("no agent after {:?}: {last}", a.timeout))
+}
+
+fn run() -> Result<(), String> {
+    let a = parse()?;
+    let started = Instant::now();
+    let client = connect(&a, started)?;
+    let health = HealthClient::new(client.clone());
+    let reply = health
+        .check(ctx(), &pb::CheckRequest::new())
+        .map_err(|e| format!("health check: {e}"))?;
+    if reply.status.enum_value() != Ok(ServingStatus::SERVING) {
+        return Err(format!("health check status {:?}", reply.status));
+    }
+    println!(
+        "agent_probe: health SERVING after {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    let v = health
+        .version(ctx(), &pb::CheckRequest::new())
+        .map_err(|e| format!("version: {e}"))?;
+    println!(
+        "agent_probe: agent {} protocol {} kernel {}",
+        v.agent_version, v.protocol_version, v.kernel_release
+    );
+    if v.protocol_version != husk_agent_protocol::PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} != {}",
+            v.protocol_version,
+            husk_agent_protocol::PROTOCOL_VERSION
+        ));
+    }
+    let agent = AgentClient::new(client);
+    // A malformed request must come back as an error reply, and the agent must live on.
+    let mut bad = pb::StartContainerRequest::new();
+    bad.container_id = "../escape".into();
+    if agent.start_container(ctx(), &bad).is_ok() {
+        return Err("StartContainer with an invalid id succeeded".into());
+    }
+    if let Some(spec) = &a.spec {
+        run_container(&agent, &a, spec)?;
+    }
+    Ok(())
+}
+
+fn run_container(agent: &AgentClient, a: &Args, spec: &PathBuf) -> Result<(), String> {
+    let t = Instant::now();
+    let mut sb = pb::CreateSandboxRequest::new();
+    sb.sandbox_id = "probe".into();
+    sb.shared_fs_tag = a.shared_tag.clone();
+    agent
+        .create_sandbox(ctx(), &sb)
+        .map_err(|e| format!("CreateSandbox: {e}"))?;
+    let mut req = pb::CreateContainerRequest::new();
+    req.container_id = "probe1".into();
+    req.oci_spec_json = std::fs::read(spec).map_err(|e| format!("read {}: {e}", spec.display()))?;
+    req.rootfs = a.rootfs.clone();
+    agent
+        .create_container(ctx(), &req)
+        .map_err(|e| format!("CreateContainer: {e}"))?;
+    let mut start = pb::StartContainerRequest::new();
+    start.container_id = "probe1".into();
+    agent
+        .start_container(ctx(), &start)
+        .map_err(|e| format!("StartContainer: {e}"))?;
+    let mut out = Vec::new();
+    loop {
+        let mut r = pb::ReadStreamRequest::new();
+        r.container_id = "probe1".into();
+        r.len = 4096;
+        let chunk = agent
+            .read_stdout(ctx(), &r)
+            .map_err(|e| format!("ReadStdout: {e}"))?;
+        if chunk.data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk.data);
+    }
+    let mut w = pb::WaitProcessRequest::new();
+    w.container_id = "probe1".into();
+    let status = agent
+        .wait_process(ctx(), &w)
+        .map_err(|e| format!("WaitProcess: {e}"))?
+        .status;
+    let out = String::from_utf8_lossy(&out);
+    println!(
+        "agent_probe: container stdout {out:?} exit {status} ({:.3} s create..exit)",
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(want) = &a.expect_stdout {
+        if out.trim_end() != want {
+            return Err(format!("stdout {out:?}, want {want:?}"));
+        }
+    }
+    if let Some(want) = a.expect_exit {
+        if status != want {
+            return Err(format!("exit status {status}, want {want}"));
+        }
+    }
+    let mut rm = pb::RemoveContainerRequest::new();
+    rm.container_id = "probe1".into();
+    agent
+        .remove_container(ctx(), &rm)
+        .map_err(|e| format!("RemoveContainer: {e}"))?;
+    Ok(())
+}
