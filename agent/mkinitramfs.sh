@@ -13,7 +13,7 @@ if ! command -v cpio >/dev/null; then
 fi
 CACHE="${HUSK_CACHE:-$HOME/.cache/husk}"
 # The layout below is part of the key: bump LAYOUT when it changes.
-LAYOUT=1
+LAYOUT=2
 HASH="$( (sha256sum <"$AGENT"; echo "layout $LAYOUT") | sha256sum | cut -c1-16)"
 OUT_DIR="$CACHE/initramfs/$HASH"
 OUT="$OUT_DIR/initramfs.cpio"
@@ -25,6 +25,8 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE"/{dev,proc,sys,run,tmp,etc}
 chmod 1777 "$STAGE/tmp"
 install -m 0755 "$AGENT" "$STAGE/init"
+# Symbols are useless in the guest and cost boot time (the kernel copies the cpio).
+strip --strip-all "$STAGE/init"
 # A char device needs root to create; without it the agent still reopens
 # /dev/console after mounting devtmpfs, only the earliest messages are lost.
 if [ "$(id -u)" = 0 ]; then
