@@ -80,6 +80,10 @@ pub struct Paths {
     pub bundles: PathBuf,
     /// Host-shared directory that container rootfs paths are relative to.
     pub shared: PathBuf,
+    /// Enter the rootfs with MS_MOVE + chroot instead of pivot_root. Needed while
+    /// the agent's own root is the initramfs: pivot_root(2) cannot move the
+    /// kernel's initial rootfs mount. The VM is the isolation boundary here.
+    pub no_pivot: bool,
 }
 
 impl Default for Paths {
@@ -88,6 +92,7 @@ impl Default for Paths {
             state: "/run/husk/containers".into(),
             bundles: "/run/husk/bundles".into(),
             shared: "/run/husk/shared".into(),
+            no_pivot: false,
         }
     }
 }
@@ -207,6 +212,7 @@ impl Containers {
             builder
                 .as_init(&bundle)
                 .with_systemd(false)
+                .with_no_pivot(paths.no_pivot)
                 .with_detach(true)
                 .build()?
         };
@@ -363,6 +369,7 @@ mod tests {
             state: dir.join("state"),
             bundles: dir.join("bundles"),
             shared: dir.join("shared"),
+            no_pivot: false,
         }
     }
 
@@ -399,6 +406,16 @@ mod tests {
             validate_create(&p, "c1", &spec_json(), "c1/../../x", false),
             Err(ContainerError::Invalid(ValidationError::Path(_)))
         ));
+    }
+
+    #[test]
+    fn boot_test_spec_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        std::fs::create_dir_all(p.shared.join("hello/rootfs")).unwrap();
+        let json = include_bytes!("../../tests/guest/hello/config.json");
+        let c = validate_create(&p, "hello", json, "hello/rootfs", false).unwrap();
+        assert_eq!(c.spec.hostname().as_deref(), Some("hello"));
     }
 
     #[test]

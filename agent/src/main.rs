@@ -81,10 +81,12 @@ fn run(pid1: bool, listen: &str) -> anyhow::Result<()> {
         nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
     }
     let reaper = reaper::Reaper::start()?;
-    let containers = Arc::new(container::Containers::new(
-        container::Paths::default(),
-        reaper,
-    ));
+    let paths = container::Paths {
+        // As PID 1 our root is the initramfs (see Paths::no_pivot).
+        no_pivot: pid1,
+        ..Default::default()
+    };
+    let containers = Arc::new(container::Containers::new(paths, reaper));
     if let Some(path) = listen.strip_prefix("unix://") {
         // A stale socket from an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);

@@ -319,6 +319,7 @@ mod tests {
             state: dir.join("state"),
             bundles: dir.join("bundles"),
             shared: dir.join("shared"),
+            no_pivot: false,
         };
         AgentService::new(Arc::new(Containers::new(
             paths,
