@@ -7,7 +7,7 @@
 # PVM here and cannot run a stock Linux guest), wires vsock through vhost-device-vsock
 # (hybrid vsock: a host Unix socket speaking CONNECT/OK), then runs the agent_probe
 # example: CONNECT 1024, ttrpc health check + version, a malformed request. Then
-# (GUEST_CONTAINER_TEST=1) it shares a busybox rootfs over virtio-fs
+# (GUEST_CONTAINER_TEST=1, the default) it shares a busybox rootfs over virtio-fs
 # (virtiofsd, cargo-installed into $HUSK_CACHE/bin) and runs a container that prints
 # "hello" and exits 3, asserting both.
 #
@@ -20,7 +20,7 @@ export HUSK_CACHE="$CACHE"
 VCPUS="${GUEST_VCPUS:-2}"
 MEM="${GUEST_MEM:-256M}"
 TIMEOUT="${GUEST_TIMEOUT:-90}"
-CONTAINER_TEST="${GUEST_CONTAINER_TEST:-0}"
+CONTAINER_TEST="${GUEST_CONTAINER_TEST:-1}"
 
 fail() { echo "boot_test: FAIL: $*" >&2; exit 1; }
 log() { echo "boot_test: $*" >&2; }
@@ -131,5 +131,5 @@ kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited early"
 ready="$(grep -o 'guest uptime [0-9.]* s' "$CONSOLE" | head -1 || true)"
 log "kernel:    $KERNEL ($(stat -c %s "$KERNEL") bytes)"
 log "initramfs: $INITRAMFS ($(stat -c %s "$INITRAMFS") bytes)"
-log "agent ready: ${ready:-?}; QEMU start to health reply: $(( (end_ns - start_ns) / 1000000 )) ms (TCG)"
+log "agent ready: ${ready:-?}; QEMU start to probe done: $(( (end_ns - start_ns) / 1000000 )) ms (TCG)"
 echo "boot_test: 1 passed, 0 failed"
