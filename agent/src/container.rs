@@ -1,6 +1,7 @@
 //! Containers inside the guest, set up by youki's libcontainer. The agent keeps the
 //! libcontainer handle, the init pid and the host-facing ends of the stdio pipes.
 
+use crate::oom::OomWatcher;
 use crate::reaper::Reaper;
 use crate::validate::{self, ValidationError};
 use libcontainer::container::builder::ContainerBuilder;
@@ -47,6 +48,9 @@ pub enum ContainerError {
         what: String,
         source: std::io::Error,
     },
+    /// reading or writing the container's cgroup failed
+    #[error("cgroup: {0}")]
+    Cgroup(String),
     /// libcontainer refused or failed
     #[error("libcontainer: {0}")]
     Libcontainer(#[from] libcontainer::error::LibcontainerError),
@@ -64,11 +68,88 @@ pub enum Stream {
     Stderr,
 }
 
-struct Entry {
-    container: Container,
+/// One process of a container: its init (exec id "") or an exec'd process.
+struct Process {
+    pid: i32,
     stdin: Option<File>,
     stdout: Arc<File>,
     stderr: Arc<File>,
+}
+
+struct Entry {
+    container: Container,
+    /// Relative to the cgroup2 root, e.g. `/husk/<id>`.
+    cgroup: PathBuf,
+    processes: HashMap<String, Process>,
+}
+
+/// Container stats the agent reports (a subset of libcgroups' stats).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub cpu_usage_usec: u64,
+    pub memory_usage_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids_current: u64,
+}
+
+/// Host-side ends of a process's stdio pipes, and the child ends to hand over.
+struct Stdio {
+    stdin: Option<File>,
+    stdout: File,
+    stderr: File,
+    child_stdin: File,
+    child_stdout: File,
+    child_stderr: File,
+}
+
+impl Stdio {
+    fn new(want_stdin: bool) -> Result<Self, ContainerError> {
+        let (out_r, out_w) = pipe("stdout")?;
+        let (err_r, err_w) = pipe("stderr")?;
+        let (stdin, child_stdin) = if want_stdin {
+            let (in_r, in_w) = pipe("stdin")?;
+            (Some(in_w), in_r)
+        } else {
+            (
+                None,
+                File::open("/dev/null").map_err(io_err("open /dev/null"))?,
+            )
+        };
+        Ok(Self {
+            stdin,
+            stdout: out_r,
+            stderr: err_r,
+            child_stdin,
+            child_stdout: out_w,
+            child_stderr: err_w,
+        })
+    }
+
+    fn builder(
+        &mut self,
+        id: &str,
+        state: &std::path::Path,
+    ) -> Result<ContainerBuilder, ContainerError> {
+        let dup = |f: &File, what: &'static str| f.try_clone().map_err(io_err(what));
+        Ok(
+            ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(state)?
+                .with_stdin(dup(&self.child_stdin, "dup stdin")?)
+                .with_stdout(dup(&self.child_stdout, "dup stdout")?)
+                .with_stderr(dup(&self.child_stderr, "dup stderr")?),
+        )
+    }
+
+    fn into_process(self, pid: i32) -> Process {
+        // Dropping the child ends here: the container holds its own copies, so
+        // the readers see end of stream when the process exits.
+        Process {
+            pid,
+            stdin: self.stdin,
+            stdout: Arc::new(self.stdout),
+            stderr: Arc::new(self.stderr),
+        }
+    }
 }
 
 /// Where the agent keeps its state.
@@ -152,14 +233,16 @@ pub fn validate_create(
 pub struct Containers {
     paths: Mutex<Paths>,
     reaper: Arc<Reaper>,
+    oom: Arc<OomWatcher>,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
 impl Containers {
-    pub fn new(paths: Paths, reaper: Arc<Reaper>) -> Self {
+    pub fn new(paths: Paths, reaper: Arc<Reaper>, oom: Arc<OomWatcher>) -> Self {
         Self {
             paths: Mutex::new(paths),
             reaper,
+            oom,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -185,27 +268,20 @@ impl Containers {
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(p.rootfs.clone());
         spec.set_root(Some(root));
+        // The host's cgroupsPath names a host cgroup; in the guest we pick one, so
+        // stats, updates and OOM events know where to look.
+        let cgroup = PathBuf::from(format!("/husk/{}", p.id));
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(cgroup.clone()));
+        spec.set_linux(Some(linux));
         spec.save(bundle.join("config.json"))
             .map_err(|e| ContainerError::Io {
                 what: "write config.json".into(),
                 source: std::io::Error::other(e.to_string()),
             })?;
 
-        let (out_r, out_w) = pipe("stdout")?;
-        let (err_r, err_w) = pipe("stderr")?;
-        let mut builder = ContainerBuilder::new(p.id.clone(), SyscallType::default())
-            .with_root_path(&paths.state)?
-            .with_stdout(out_w)
-            .with_stderr(err_w);
-        let stdin = if p.stdin {
-            let (in_r, in_w) = pipe("stdin")?;
-            builder = builder.with_stdin(in_r);
-            Some(in_w)
-        } else {
-            let null = File::open("/dev/null").map_err(io_err("open /dev/null"))?;
-            builder = builder.with_stdin(null);
-            None
-        };
+        let mut stdio = Stdio::new(p.stdin)?;
+        let builder = stdio.builder(&p.id, &paths.state)?;
         let container = {
             // libcontainer waits for its helper process: keep the reaper out.
             let _spawn = self.reaper.spawn_guard();
@@ -216,17 +292,96 @@ impl Containers {
                 .with_detach(true)
                 .build()?
         };
-        // The builder consumed (and closed) our copies of the child ends.
+        let pid = container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| ContainerError::NoProcess(p.id.clone()))?;
+        let mut processes = HashMap::new();
+        processes.insert(String::new(), stdio.into_process(pid));
+        let id = p.id;
         self.entries().insert(
-            p.id,
+            id.clone(),
             Entry {
                 container,
-                stdin,
-                stdout: Arc::new(out_r),
-                stderr: Arc::new(err_r),
+                cgroup,
+                processes,
             },
         );
         // A child that exited while we held the spawn lock sent its SIGCHLD then.
+        self.reaper.reap_all();
+        if let Some(dir) = self.cgroup_dir(&id) {
+            // Without the memory controller there are no OOM events to report.
+            if let Err(e) = self.oom.watch(&id, &dir) {
+                tracing::warn!("no OOM events for {id}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The OOM event source of this sandbox.
+    pub fn oom(&self) -> &OomWatcher {
+        &self.oom
+    }
+
+    /// Starts a process in a running container (`process_json`: OCI process).
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+        want_stdin: bool,
+    ) -> Result<(), ContainerError> {
+        validate::in_range(
+            "process_json length",
+            process_json.len() as u64,
+            2,
+            validate::MAX_JSON_LEN as u64,
+        )?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(process_json).map_err(|source| ContainerError::Json {
+                what: "process",
+                source,
+            })?;
+        if process.terminal().unwrap_or(false) {
+            return Err(ContainerError::Unsupported("exec with a terminal"));
+        }
+        {
+            let entries = self.entries();
+            let e = entries
+                .get(id)
+                .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+            if e.processes.contains_key(exec_id) {
+                return Err(ContainerError::Exists(format!("{id}/{exec_id}")));
+            }
+        }
+        let paths = self.paths();
+        let file = paths.bundles.join(id).join(format!("exec-{exec_id}.json"));
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&process).map_err(|source| ContainerError::Json {
+                what: "process",
+                source,
+            })?,
+        )
+        .map_err(io_err(format!("write {}", file.display())))?;
+        let mut stdio = Stdio::new(want_stdin)?;
+        let builder = stdio.builder(id, &paths.state)?;
+        let pid = {
+            let _spawn = self.reaper.spawn_guard();
+            builder
+                .as_tenant()
+                .with_process(Some(&file))
+                .with_detach(true)
+                .build()?
+        };
+        let _ = std::fs::remove_file(&file);
+        let mut entries = self.entries();
+        let e = entries
+            .get_mut(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        e.processes
+            .insert(exec_id.to_string(), stdio.into_process(pid.as_raw()));
+        drop(entries);
         self.reaper.reap_all();
         Ok(())
     }
@@ -240,19 +395,29 @@ impl Containers {
         Ok(())
     }
 
-    fn init_pid(&self, id: &str) -> Result<i32, ContainerError> {
-        let entries = self.entries();
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Process) -> Result<T, ContainerError>,
+    ) -> Result<T, ContainerError> {
+        let mut entries = self.entries();
         let e = entries
-            .get(id)
+            .get_mut(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        e.container
-            .pid()
-            .map(|p| p.as_raw())
-            .ok_or_else(|| ContainerError::NoProcess(id.into()))
+        let p = e
+            .processes
+            .get_mut(exec_id)
+            .ok_or_else(|| ContainerError::NotFound(format!("{id}/{exec_id}")))?;
+        f(p)
     }
 
-    pub fn signal(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
-        let pid = self.init_pid(id)?;
+    fn pid_of(&self, id: &str, exec_id: &str) -> Result<i32, ContainerError> {
+        self.with_process(id, exec_id, |p| Ok(p.pid))
+    }
+
+    pub fn signal(&self, id: &str, exec_id: &str, signal: i32) -> Result<(), ContainerError> {
+        let pid = self.pid_of(id, exec_id)?;
         let sig =
             nix::sys::signal::Signal::try_from(signal).map_err(|_| ValidationError::Range {
                 what: "signal",
@@ -260,8 +425,11 @@ impl Containers {
                 min: 1,
                 max: 31,
             })?;
-        // Signal the init pid directly: libcontainer's kill refuses containers it
-        // considers stopped, and the pid is ours (not reaped) until wait sees it.
+        // Signal the pid directly (libcontainer's kill only knows the init). Once
+        // reaped, the pid may belong to someone else: refuse instead.
+        if self.reaper.wait(pid, Some(Duration::ZERO)).is_some() {
+            return Err(ContainerError::NoProcess(format!("{id}/{exec_id}")));
+        }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| {
             ContainerError::Io {
                 what: format!("kill {pid}"),
@@ -270,24 +438,32 @@ impl Containers {
         })
     }
 
-    /// Waits for the container's init to exit; returns its status.
-    pub fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<Option<i32>, ContainerError> {
-        let pid = self.init_pid(id)?;
+    /// Waits for a process to exit; returns its status.
+    pub fn wait(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Option<i32>, ContainerError> {
+        let pid = self.pid_of(id, exec_id)?;
         Ok(self.reaper.wait(pid, timeout))
     }
 
     /// Reads up to `len` bytes of output; empty at end of stream.
-    pub fn read(&self, id: &str, stream: Stream, len: usize) -> Result<Vec<u8>, ContainerError> {
-        let file = {
-            let entries = self.entries();
-            let e = entries
-                .get(id)
-                .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-            match stream {
-                Stream::Stdout => Arc::clone(&e.stdout),
-                Stream::Stderr => Arc::clone(&e.stderr),
-            }
-        };
+    pub fn read(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stream: Stream,
+        len: usize,
+    ) -> Result<Vec<u8>, ContainerError> {
+        // Clone the handle out: the read blocks and must not hold the table lock.
+        let file = self.with_process(id, exec_id, |p| {
+            Ok(match stream {
+                Stream::Stdout => Arc::clone(&p.stdout),
+                Stream::Stderr => Arc::clone(&p.stderr),
+            })
+        })?;
         let mut buf = vec![0u8; len];
         let n = (&*file)
             .read(&mut buf)
@@ -296,34 +472,94 @@ impl Containers {
         Ok(buf)
     }
 
-    pub fn write_stdin(&self, id: &str, data: &[u8]) -> Result<usize, ContainerError> {
-        let mut entries = self.entries();
-        let e = entries
-            .get_mut(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        let stdin = e.stdin.as_mut().ok_or_else(|| ContainerError::NoStream {
-            id: id.into(),
-            stream: "stdin",
+    pub fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<usize, ContainerError> {
+        let stdin = self.with_process(id, exec_id, |p| {
+            p.stdin
+                .as_ref()
+                .ok_or_else(|| ContainerError::NoStream {
+                    id: id.into(),
+                    stream: "stdin",
+                })?
+                .try_clone()
+                .map_err(io_err("dup stdin"))
         })?;
-        stdin
+        (&stdin)
             .write_all(data)
             .map_err(io_err(format!("write stdin of {id}")))?;
         Ok(data.len())
     }
 
-    pub fn close_stdin(&self, id: &str) -> Result<(), ContainerError> {
-        let mut entries = self.entries();
-        let e = entries
-            .get_mut(id)
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
+        self.with_process(id, exec_id, |p| {
+            p.stdin = None;
+            Ok(())
+        })
+    }
+
+    fn cgroup_manager(
+        &self,
+        id: &str,
+    ) -> Result<libcgroups::common::AnyCgroupManager, ContainerError> {
+        let cgroup = {
+            let entries = self.entries();
+            entries
+                .get(id)
+                .ok_or_else(|| ContainerError::NotFound(id.into()))?
+                .cgroup
+                .clone()
+        };
+        libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+            cgroup_path: cgroup,
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| ContainerError::Cgroup(e.to_string()))
+    }
+
+    /// CPU, memory and pids figures of the container's cgroup.
+    pub fn stats(&self, id: &str) -> Result<Stats, ContainerError> {
+        let dir = self
+            .cgroup_dir(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        e.stdin = None;
-        Ok(())
+        read_stats(&dir)
+    }
+
+    /// Applies new resource limits (OCI `linux.resources` JSON).
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), ContainerError> {
+        use libcgroups::common::CgroupManager;
+        let resources = parse_resources(resources_json)?;
+        self.cgroup_manager(id)?
+            .apply(&libcgroups::common::ControllerOpt {
+                resources: &resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| ContainerError::Cgroup(e.to_string()))
+    }
+
+    /// The cgroup directory of a container (for the OOM watcher).
+    pub fn cgroup_dir(&self, id: &str) -> Option<PathBuf> {
+        let entries = self.entries();
+        let rel = entries.get(id)?.cgroup.clone();
+        Some(PathBuf::from("/sys/fs/cgroup").join(rel.strip_prefix("/").unwrap_or(&rel)))
     }
 
     /// Kills what is left and deletes the container and its bundle.
     pub fn remove(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
-        let pid = self.init_pid(id).ok();
-        if let Some(pid) = pid {
+        let pids: Vec<i32> = {
+            let entries = self.entries();
+            let e = entries
+                .get(id)
+                .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+            e.processes.values().map(|p| p.pid).collect()
+        };
+        for &pid in &pids {
             if self.reaper.wait(pid, Some(Duration::ZERO)).is_none() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -336,8 +572,9 @@ impl Containers {
             .entries()
             .remove(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        self.oom.unwatch(id);
         entry.container.delete(true)?;
-        if let Some(pid) = pid {
+        for pid in pids {
             self.reaper.forget(pid);
         }
         let bundle = self.paths().bundles.join(id);
@@ -348,6 +585,50 @@ impl Containers {
     pub fn ids(&self) -> Vec<String> {
         self.entries().keys().cloned().collect()
     }
+}
+
+/// Reads the few cgroup v2 files the stats come from. (libcgroups' stats also
+/// want the PSI files, which this small guest kernel does not have.)
+pub fn read_stats(dir: &std::path::Path) -> Result<Stats, ContainerError> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| ContainerError::Cgroup(format!("read {name}: {e}")))
+    };
+    let number = |name: &str, text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|e| ContainerError::Cgroup(format!("parse {name}: {e}")))
+    };
+    let cpu = read("cpu.stat")?;
+    let cpu_usage_usec = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .ok_or_else(|| ContainerError::Cgroup("cpu.stat has no usage_usec".into()))?;
+    let memory_max = read("memory.max")?;
+    Ok(Stats {
+        cpu_usage_usec: number("cpu.stat", cpu_usage_usec)?,
+        memory_usage_bytes: number("memory.current", &read("memory.current")?)?,
+        // "max" means no limit.
+        memory_limit_bytes: match memory_max.trim() {
+            "max" => u64::MAX,
+            v => number("memory.max", v)?,
+        },
+        pids_current: number("pids.current", &read("pids.current")?)?,
+    })
+}
+
+/// Parses and bounds an OCI `linux.resources` document.
+pub fn parse_resources(json: &[u8]) -> Result<oci_spec::runtime::LinuxResources, ContainerError> {
+    validate::in_range(
+        "resources_json length",
+        json.len() as u64,
+        2,
+        validate::MAX_JSON_LEN as u64,
+    )?;
+    serde_json::from_slice(json).map_err(|source| ContainerError::Json {
+        what: "resources",
+        source,
+    })
 }
 
 fn pipe(what: &'static str) -> Result<(File, File), ContainerError> {
@@ -409,6 +690,43 @@ mod tests {
     }
 
     #[test]
+    fn stats_from_cgroup_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("cpu.stat"), "usage_usec 1234\nuser_usec 1000\n").unwrap();
+        std::fs::write(d.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(d.join("memory.max"), "max\n").unwrap();
+        std::fs::write(d.join("pids.current"), "2\n").unwrap();
+        assert_eq!(
+            read_stats(d).unwrap(),
+            Stats {
+                cpu_usage_usec: 1234,
+                memory_usage_bytes: 4096,
+                memory_limit_bytes: u64::MAX,
+                pids_current: 2,
+            }
+        );
+        std::fs::write(d.join("memory.max"), "16777216\n").unwrap();
+        assert_eq!(read_stats(d).unwrap().memory_limit_bytes, 16 << 20);
+        std::fs::write(d.join("pids.current"), "lots\n").unwrap();
+        assert!(matches!(read_stats(d), Err(ContainerError::Cgroup(_))));
+    }
+
+    #[test]
+    fn resources_json() {
+        let r = parse_resources(br#"{"pids":{"limit":64},"memory":{"limit":16777216}}"#).unwrap();
+        assert_eq!(r.pids().as_ref().map(|p| p.limit()), Some(64));
+        assert!(matches!(
+            parse_resources(b"\"x\""),
+            Err(ContainerError::Json { .. })
+        ));
+        assert!(matches!(
+            parse_resources(b""),
+            Err(ContainerError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn boot_test_spec_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
@@ -437,16 +755,34 @@ mod tests {
     #[test]
     fn unknown_container_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Containers::new(paths(dir.path()), Arc::new(Reaper::default()));
+        let c = Containers::new(
+            paths(dir.path()),
+            Arc::new(Reaper::default()),
+            OomWatcher::start().unwrap(),
+        );
         assert!(matches!(c.start("nope"), Err(ContainerError::NotFound(_))));
         assert!(matches!(
-            c.signal("nope", 9),
+            c.signal("nope", "", 9),
             Err(ContainerError::NotFound(_))
         ));
         assert!(matches!(
-            c.read("nope", Stream::Stdout, 10),
+            c.read("nope", "e1", Stream::Stdout, 10),
             Err(ContainerError::NotFound(_))
         ));
+        assert!(matches!(
+            c.exec(
+                "nope",
+                "e1",
+                br#"{"user":{"uid":0,"gid":0},"args":["true"],"cwd":"/"}"#,
+                false
+            ),
+            Err(ContainerError::NotFound(_))
+        ));
+        assert!(matches!(
+            c.exec("nope", "e1", b"{x", false),
+            Err(ContainerError::Json { .. })
+        ));
+        assert!(matches!(c.stats("nope"), Err(ContainerError::NotFound(_))));
         assert!(matches!(
             c.remove("nope", Duration::ZERO),
             Err(ContainerError::NotFound(_))

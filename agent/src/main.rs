@@ -4,6 +4,7 @@
 
 mod container;
 mod init;
+mod oom;
 mod reaper;
 mod service;
 mod validate;
@@ -86,7 +87,8 @@ fn run(pid1: bool, listen: &str) -> anyhow::Result<()> {
         no_pivot: pid1,
         ..Default::default()
     };
-    let containers = Arc::new(container::Containers::new(paths, reaper));
+    let oom = oom::OomWatcher::start()?;
+    let containers = Arc::new(container::Containers::new(paths, reaper, oom));
     if let Some(path) = listen.strip_prefix("unix://") {
         // A stale socket from an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);

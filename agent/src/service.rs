@@ -27,7 +27,9 @@ impl From<ContainerError> for ttrpc::Error {
             ContainerError::NoStream { .. } | ContainerError::NoProcess(_) => {
                 Code::FAILED_PRECONDITION
             }
-            ContainerError::Io { .. } | ContainerError::Libcontainer(_) => Code::INTERNAL,
+            ContainerError::Io { .. }
+            | ContainerError::Cgroup(_)
+            | ContainerError::Libcontainer(_) => Code::INTERNAL,
         };
         status(code, e)
     }
@@ -87,17 +89,14 @@ impl AgentService {
         Self { containers }
     }
 
-    /// Only the init process (empty exec id) exists so far.
-    fn init_only(exec_id: &str) -> ttrpc::Result<()> {
-        validate::exec_id(exec_id).map_err(invalid)?;
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(status(
-                Code::UNIMPLEMENTED,
-                "exec processes are not supported yet",
-            ))
-        }
+    /// Validates a (container id, exec id) process address.
+    fn process_ids<'a>(
+        container_id: &'a str,
+        exec_id: &'a str,
+    ) -> ttrpc::Result<(&'a str, &'a str)> {
+        let id = validate::container_id(container_id).map_err(invalid)?;
+        let exec = validate::exec_id(exec_id).map_err(invalid)?;
+        Ok((id, exec))
     }
 
     pub fn do_create_container(&self, req: &pb::CreateContainerRequest) -> ttrpc::Result<()> {
@@ -113,18 +112,27 @@ impl AgentService {
     }
 
     pub fn do_read(&self, req: &pb::ReadStreamRequest, stream: Stream) -> ttrpc::Result<Vec<u8>> {
-        let id = validate::container_id(&req.container_id).map_err(invalid)?;
-        Self::init_only(&req.exec_id)?;
+        let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
         let len = validate::in_range("len", req.len.into(), 1, validate::MAX_IO_LEN as u64)
             .map_err(invalid)?;
-        Ok(self.containers.read(id, stream, len as usize)?)
+        Ok(self.containers.read(id, exec, stream, len as usize)?)
     }
 
     pub fn do_signal(&self, req: &pb::SignalProcessRequest) -> ttrpc::Result<()> {
-        let id = validate::container_id(&req.container_id).map_err(invalid)?;
-        Self::init_only(&req.exec_id)?;
+        let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
         let sig = validate::in_range("signal", req.signal.into(), 1, 64).map_err(invalid)?;
-        Ok(self.containers.signal(id, sig as i32)?)
+        Ok(self.containers.signal(id, exec, sig as i32)?)
+    }
+
+    pub fn do_exec(&self, req: &pb::ExecProcessRequest) -> ttrpc::Result<()> {
+        let id = validate::container_id(&req.container_id).map_err(invalid)?;
+        if req.exec_id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "exec_id must not be empty"));
+        }
+        let exec = validate::exec_id(&req.exec_id).map_err(invalid)?;
+        Ok(self
+            .containers
+            .exec(id, exec, &req.process_json, req.stdin)?)
     }
 }
 
@@ -244,13 +252,12 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: pb::WaitProcessRequest,
     ) -> ttrpc::Result<pb::WaitProcessResponse> {
-        let id = validate::container_id(&req.container_id).map_err(invalid)?;
-        Self::init_only(&req.exec_id)?;
+        let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
         let code = self
             .containers
-            .wait(id, None)?
+            .wait(id, exec, None)?
             .ok_or_else(|| status(Code::INTERNAL, "wait ended without status"))?;
-        tracing::info!("WaitProcess {id}: exited {code}");
+        tracing::info!("WaitProcess {id}/{exec}: exited {code}");
         let mut r = pb::WaitProcessResponse::new();
         r.status = code;
         Ok(r)
@@ -281,8 +288,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: pb::WriteStreamRequest,
     ) -> ttrpc::Result<pb::WriteStreamResponse> {
-        let id = validate::container_id(&req.container_id).map_err(invalid)?;
-        Self::init_only(&req.exec_id)?;
+        let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
         validate::in_range(
             "data length",
             req.data.len() as u64,
@@ -290,7 +296,7 @@ impl agent_ttrpc::Agent for AgentService {
             validate::MAX_IO_LEN as u64,
         )
         .map_err(invalid)?;
-        let n = self.containers.write_stdin(id, &req.data)?;
+        let n = self.containers.write_stdin(id, exec, &req.data)?;
         let mut r = pb::WriteStreamResponse::new();
         r.len = n as u32;
         Ok(r)
@@ -301,10 +307,70 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: pb::CloseStdinRequest,
     ) -> ttrpc::Result<pb::Empty> {
-        let id = validate::container_id(&req.container_id).map_err(invalid)?;
-        Self::init_only(&req.exec_id)?;
-        self.containers.close_stdin(id)?;
+        let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
+        self.containers.close_stdin(id, exec)?;
         Ok(empty())
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::ExecProcessRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        tracing::info!("ExecProcess {:?}/{:?}", req.container_id, req.exec_id);
+        self.do_exec(&req)
+            .inspect_err(|e| tracing::warn!("ExecProcess: {e:?}"))?;
+        Ok(empty())
+    }
+
+    fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::TtyWinResizeRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        Self::process_ids(&req.container_id, &req.exec_id)?;
+        validate::in_range("row", req.row.into(), 1, u16::MAX.into()).map_err(invalid)?;
+        validate::in_range("column", req.column.into(), 1, u16::MAX.into()).map_err(invalid)?;
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "terminal (tty) processes are not supported yet",
+        ))
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::StatsContainerRequest,
+    ) -> ttrpc::Result<pb::StatsContainerResponse> {
+        let id = validate::container_id(&req.container_id).map_err(invalid)?;
+        let s = self.containers.stats(id)?;
+        let mut r = pb::StatsContainerResponse::new();
+        r.cpu_usage_usec = s.cpu_usage_usec;
+        r.memory_usage_bytes = s.memory_usage_bytes;
+        r.memory_limit_bytes = s.memory_limit_bytes;
+        r.pids_current = s.pids_current;
+        Ok(r)
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::UpdateContainerRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        tracing::info!("UpdateContainer {:?}", req.container_id);
+        let id = validate::container_id(&req.container_id).map_err(invalid)?;
+        self.containers.update(id, &req.resources_json)?;
+        Ok(empty())
+    }
+
+    fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: pb::GetOomEventRequest,
+    ) -> ttrpc::Result<pb::OomEvent> {
+        let mut r = pb::OomEvent::new();
+        r.container_id = self.containers.oom().next_event();
+        Ok(r)
     }
 }
 
@@ -324,6 +390,7 @@ mod tests {
         AgentService::new(Arc::new(Containers::new(
             paths,
             Arc::new(Reaper::default()),
+            crate::oom::OomWatcher::start().unwrap(),
         )))
     }
 
@@ -380,11 +447,18 @@ mod tests {
             code(s.do_read(&read, Stream::Stdout).unwrap_err()),
             Code::NOT_FOUND
         );
-        read.exec_id = "e1".into();
+        read.exec_id = "e/1".into();
         assert_eq!(
             code(s.do_read(&read, Stream::Stdout).unwrap_err()),
-            Code::UNIMPLEMENTED
+            Code::INVALID_ARGUMENT
         );
+
+        let mut exec = pb::ExecProcessRequest::new();
+        exec.container_id = "c1".into();
+        assert_eq!(code(s.do_exec(&exec).unwrap_err()), Code::INVALID_ARGUMENT);
+        exec.exec_id = "e1".into();
+        exec.process_json = br#"{"user":{"uid":0,"gid":0},"args":["true"],"cwd":"/"}"#.to_vec();
+        assert_eq!(code(s.do_exec(&exec).unwrap_err()), Code::NOT_FOUND);
 
         let mut sig = pb::SignalProcessRequest::new();
         sig.container_id = "c1".into();

@@ -182,10 +182,200 @@ fn run_container(agent: &AgentClient, a: &Args, spec: &PathBuf) -> Result<(), St
             return Err(format!("exit status {status}, want {want}"));
         }
     }
+    remove(agent, "probe1")?;
+    let spec_json: serde_json::Value =
+        serde_json::from_slice(&req.oci_spec_json).map_err(|e| format!("spec: {e}"))?;
+    run_long_lived(agent, a, &spec_json)?;
+    run_oom(agent, a, &spec_json)?;
+    Ok(())
+}
+
+fn remove(agent: &AgentClient, id: &str) -> Result<(), String> {
     let mut rm = pb::RemoveContainerRequest::new();
-    rm.container_id = "probe1".into();
+    rm.container_id = id.into();
     agent
         .remove_container(ctx(), &rm)
-        .map_err(|e| format!("RemoveContainer: {e}"))?;
+        .map_err(|e| format!("RemoveContainer {id}: {e}"))?;
     Ok(())
+}
+
+fn create_and_start(
+    agent: &AgentClient,
+    a: &Args,
+    id: &str,
+    spec: &serde_json::Value,
+    stdin: bool,
+) -> Result<(), String> {
+    let mut req = pb::CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
+    req.rootfs = a.rootfs.clone();
+    req.stdin = stdin;
+    agent
+        .create_container(ctx(), &req)
+        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
+    let mut start = pb::StartContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(ctx(), &start)
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    Ok(())
+}
+
+/// Reads a process's stdout until end of stream.
+fn read_all(agent: &AgentClient, id: &str, exec_id: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    loop {
+        let mut r = pb::ReadStreamRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec_id.into();
+        r.len = 4096;
+        let chunk = agent
+            .read_stdout(ctx(), &r)
+            .map_err(|e| format!("ReadStdout {id}/{exec_id}: {e}"))?;
+        if chunk.data.is_empty() {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.extend_from_slice(&chunk.data);
+    }
+}
+
+fn wait(agent: &AgentClient, id: &str, exec_id: &str) -> Result<i32, String> {
+    let mut w = pb::WaitProcessRequest::new();
+    w.container_id = id.into();
+    w.exec_id = exec_id.into();
+    Ok(agent
+        .wait_process(ctx(), &w)
+        .map_err(|e| format!("WaitProcess {id}/{exec_id}: {e}"))?
+        .status)
+}
+
+fn expect<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
+    if got == want {
+        println!("agent_probe: {what}: {got:?} ok");
+        Ok(())
+    } else {
+        Err(format!("{what}: got {got:?}, want {want:?}"))
+    }
+}
+
+/// A container that waits on stdin: exec, stdin, stats, update, signal.
+fn run_long_lived(agent: &AgentClient, a: &Args, base: &serde_json::Value) -> Result<(), String> {
+    let id = "probe2";
+    let mut spec = base.clone();
+    spec["process"]["args"] =
+        serde_json::json!(["/bin/sh", "-c", "read line; echo got:$line; exec sleep 600"]);
+    create_and_start(agent, a, id, &spec, true)?;
+
+    let mut exec = pb::ExecProcessRequest::new();
+    exec.container_id = id.into();
+    exec.exec_id = "e1".into();
+    exec.process_json = serde_json::to_vec(&serde_json::json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/bin/sh", "-c", "echo exec-ok; exit 5"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .map_err(|e| e.to_string())?;
+    agent
+        .exec_process(ctx(), &exec)
+        .map_err(|e| format!("ExecProcess: {e}"))?;
+    expect(
+        "exec stdout",
+        read_all(agent, id, "e1")?,
+        "exec-ok\n".to_string(),
+    )?;
+    expect("exec exit", wait(agent, id, "e1")?, 5)?;
+
+    let mut st = pb::StatsContainerRequest::new();
+    st.container_id = id.into();
+    let stats = agent
+        .stats_container(ctx(), &st)
+        .map_err(|e| format!("StatsContainer: {e}"))?;
+    println!(
+        "agent_probe: stats cpu {} us, memory {} / {} bytes, pids {}",
+        stats.cpu_usage_usec,
+        stats.memory_usage_bytes,
+        stats.memory_limit_bytes,
+        stats.pids_current
+    );
+    if stats.pids_current < 1 || stats.memory_usage_bytes == 0 {
+        return Err("stats show no process or no memory".into());
+    }
+    let mut up = pb::UpdateContainerRequest::new();
+    up.container_id = id.into();
+    up.resources_json = br#"{"memory":{"limit":67108864},"pids":{"limit":32}}"#.to_vec();
+    agent
+        .update_container(ctx(), &up)
+        .map_err(|e| format!("UpdateContainer: {e}"))?;
+    let stats = agent
+        .stats_container(ctx(), &st)
+        .map_err(|e| format!("StatsContainer: {e}"))?;
+    expect(
+        "memory limit after update",
+        stats.memory_limit_bytes,
+        64 << 20,
+    )?;
+
+    let mut w = pb::WriteStreamRequest::new();
+    w.container_id = id.into();
+    w.data = b"hi\n".to_vec();
+    agent
+        .write_stdin(ctx(), &w)
+        .map_err(|e| format!("WriteStdin: {e}"))?;
+    let mut c = pb::CloseStdinRequest::new();
+    c.container_id = id.into();
+    agent
+        .close_stdin(ctx(), &c)
+        .map_err(|e| format!("CloseStdin: {e}"))?;
+    let mut r = pb::ReadStreamRequest::new();
+    r.container_id = id.into();
+    r.len = 4096;
+    let got = agent
+        .read_stdout(ctx(), &r)
+        .map_err(|e| format!("ReadStdout: {e}"))?;
+    expect(
+        "stdin echoed",
+        String::from_utf8_lossy(&got.data).into_owned(),
+        "got:hi\n".to_string(),
+    )?;
+
+    let mut sig = pb::SignalProcessRequest::new();
+    sig.container_id = id.into();
+    sig.signal = 9;
+    agent
+        .signal_process(ctx(), &sig)
+        .map_err(|e| format!("SignalProcess: {e}"))?;
+    expect("exit after SIGKILL", wait(agent, id, "")?, 137)?;
+    remove(agent, id)
+}
+
+/// A container over its memory limit: OOM event and exit by SIGKILL.
+fn run_oom(agent: &AgentClient, a: &Args, base: &serde_json::Value) -> Result<(), String> {
+    let id = "probe3";
+    let mut spec = base.clone();
+    spec["process"]["args"] = serde_json::json!([
+        "/bin/sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"
+    ]);
+    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16777216}});
+    // Ask for the event first: GetOomEvent blocks until one arrives.
+    let watcher = {
+        let agent = agent.clone();
+        std::thread::spawn(move || agent.get_oom_event(ctx(), &pb::GetOomEventRequest::new()))
+    };
+    create_and_start(agent, a, id, &spec, false)?;
+    let status = wait(agent, id, "")?;
+    let event = watcher
+        .join()
+        .map_err(|_| "OOM watcher thread panicked".to_string())?
+        .map_err(|e| format!("GetOomEvent: {e}"))?;
+    expect("OOM event container", event.container_id.as_str(), id)?;
+    // Usually 137 (the shell holding the memory is killed); any failure will do.
+    if status == 0 {
+        return Err("container over its memory limit exited 0".into());
+    }
+    println!("agent_probe: exit after OOM kill: {status}");
+    remove(agent, id)
 }
