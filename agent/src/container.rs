@@ -3,6 +3,7 @@
 
 use crate::oom::OomWatcher;
 use crate::reaper::Reaper;
+use crate::tty::ConsoleSocket;
 use crate::validate::{self, ValidationError};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -48,6 +49,9 @@ pub enum ContainerError {
         what: String,
         source: std::io::Error,
     },
+    /// setting up or using a terminal failed
+    #[error(transparent)]
+    Tty(#[from] crate::tty::TtyError),
     /// reading or writing the container's cgroup failed
     #[error("cgroup: {0}")]
     Cgroup(String),
@@ -74,6 +78,8 @@ struct Process {
     stdin: Option<File>,
     stdout: Arc<File>,
     stderr: Arc<File>,
+    /// PTY master of a terminal process (stdin/stdout go through it too).
+    tty: Option<Arc<File>>,
 }
 
 struct Entry {
@@ -90,6 +96,61 @@ pub struct Stats {
     pub memory_usage_bytes: u64,
     pub memory_limit_bytes: u64,
     pub pids_current: u64,
+}
+
+/// How a new process gets its stdio: pipes, or a PTY whose master arrives on a
+/// console socket.
+enum ProcessIo {
+    Pipes(Stdio),
+    Terminal(ConsoleSocket),
+}
+
+impl ProcessIo {
+    fn new(
+        terminal: bool,
+        want_stdin: bool,
+        consoles: &std::path::Path,
+    ) -> Result<Self, ContainerError> {
+        Ok(if terminal {
+            ProcessIo::Terminal(ConsoleSocket::bind(consoles)?)
+        } else {
+            ProcessIo::Pipes(Stdio::new(want_stdin)?)
+        })
+    }
+
+    fn builder(
+        &mut self,
+        id: &str,
+        state: &std::path::Path,
+    ) -> Result<ContainerBuilder, ContainerError> {
+        match self {
+            ProcessIo::Pipes(stdio) => stdio.builder(id, state),
+            ProcessIo::Terminal(console) => Ok(ContainerBuilder::new(
+                id.to_string(),
+                SyscallType::default(),
+            )
+            .with_root_path(state)?
+            .with_console_socket(Some(console.path()))),
+        }
+    }
+
+    fn into_process(self, pid: i32) -> Result<Process, ContainerError> {
+        match self {
+            ProcessIo::Pipes(stdio) => Ok(stdio.into_process(pid)),
+            ProcessIo::Terminal(console) => {
+                let master = console.receive_master()?;
+                let dup = |what: &'static str| master.try_clone().map_err(io_err(what));
+                Ok(Process {
+                    pid,
+                    stdin: Some(dup("dup PTY master")?),
+                    stdout: Arc::new(dup("dup PTY master")?),
+                    // A terminal has one output stream: stderr reads end at once.
+                    stderr: Arc::new(File::open("/dev/null").map_err(io_err("open /dev/null"))?),
+                    tty: Some(Arc::new(master)),
+                })
+            }
+        }
+    }
 }
 
 /// Host-side ends of a process's stdio pipes, and the child ends to hand over.
@@ -148,6 +209,7 @@ impl Stdio {
             stdin: self.stdin,
             stdout: Arc::new(self.stdout),
             stderr: Arc::new(self.stderr),
+            tty: None,
         }
     }
 }
@@ -161,6 +223,8 @@ pub struct Paths {
     pub bundles: PathBuf,
     /// Host-shared directory that container rootfs paths are relative to.
     pub shared: PathBuf,
+    /// Console sockets of terminal processes.
+    pub consoles: PathBuf,
     /// Enter the rootfs with MS_MOVE + chroot instead of pivot_root. Needed while
     /// the agent's own root is the initramfs: pivot_root(2) cannot move the
     /// kernel's initial rootfs mount. The VM is the isolation boundary here.
@@ -173,6 +237,7 @@ impl Default for Paths {
             state: "/run/husk/containers".into(),
             bundles: "/run/husk/bundles".into(),
             shared: "/run/husk/shared".into(),
+            consoles: "/run/husk/console".into(),
             no_pivot: false,
         }
     }
@@ -207,16 +272,6 @@ pub fn validate_create(
         what: "spec",
         source,
     })?;
-    if spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false)
-    {
-        return Err(ContainerError::Unsupported(
-            "process.terminal (tty) containers",
-        ));
-    }
     if spec.process().is_none() {
         return Err(ContainerError::Unsupported("spec without process"));
     }
@@ -280,8 +335,13 @@ impl Containers {
                 source: std::io::Error::other(e.to_string()),
             })?;
 
-        let mut stdio = Stdio::new(p.stdin)?;
-        let builder = stdio.builder(&p.id, &paths.state)?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let mut io = ProcessIo::new(terminal, p.stdin, &paths.consoles)?;
+        let builder = io.builder(&p.id, &paths.state)?;
         let container = {
             // libcontainer waits for its helper process: keep the reaper out.
             let _spawn = self.reaper.spawn_guard();
@@ -297,7 +357,7 @@ impl Containers {
             .map(|p| p.as_raw())
             .ok_or_else(|| ContainerError::NoProcess(p.id.clone()))?;
         let mut processes = HashMap::new();
-        processes.insert(String::new(), stdio.into_process(pid));
+        processes.insert(String::new(), io.into_process(pid)?);
         let id = p.id;
         self.entries().insert(
             id.clone(),
@@ -342,9 +402,6 @@ impl Containers {
                 what: "process",
                 source,
             })?;
-        if process.terminal().unwrap_or(false) {
-            return Err(ContainerError::Unsupported("exec with a terminal"));
-        }
         {
             let entries = self.entries();
             let e = entries
@@ -364,8 +421,9 @@ impl Containers {
             })?,
         )
         .map_err(io_err(format!("write {}", file.display())))?;
-        let mut stdio = Stdio::new(want_stdin)?;
-        let builder = stdio.builder(id, &paths.state)?;
+        let terminal = process.terminal().unwrap_or(false);
+        let mut io = ProcessIo::new(terminal, want_stdin, &paths.consoles)?;
+        let builder = io.builder(id, &paths.state)?;
         let pid = {
             let _spawn = self.reaper.spawn_guard();
             builder
@@ -375,12 +433,12 @@ impl Containers {
                 .build()?
         };
         let _ = std::fs::remove_file(&file);
+        let process = io.into_process(pid.as_raw())?;
         let mut entries = self.entries();
         let e = entries
             .get_mut(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        e.processes
-            .insert(exec_id.to_string(), stdio.into_process(pid.as_raw()));
+        e.processes.insert(exec_id.to_string(), process);
         drop(entries);
         self.reaper.reap_all();
         Ok(())
@@ -465,9 +523,12 @@ impl Containers {
             })
         })?;
         let mut buf = vec![0u8; len];
-        let n = (&*file)
-            .read(&mut buf)
-            .map_err(io_err(format!("read {stream:?} of {id}")))?;
+        let n = match (&*file).read(&mut buf) {
+            Ok(n) => n,
+            // A PTY master reads EIO once the terminal's last user is gone: EOF.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
+            Err(e) => return Err(io_err(format!("read {stream:?} of {id}"))(e)),
+        };
         buf.truncate(n);
         Ok(buf)
     }
@@ -492,6 +553,23 @@ impl Containers {
             .write_all(data)
             .map_err(io_err(format!("write stdin of {id}")))?;
         Ok(data.len())
+    }
+
+    /// Sets the window size of a terminal process.
+    pub fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u16,
+        columns: u16,
+    ) -> Result<(), ContainerError> {
+        let tty = self.with_process(id, exec_id, |p| {
+            p.tty.clone().ok_or_else(|| ContainerError::NoStream {
+                id: id.into(),
+                stream: "terminal",
+            })
+        })?;
+        Ok(crate::tty::resize(&tty, rows, columns)?)
     }
 
     pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
@@ -650,6 +728,7 @@ mod tests {
             state: dir.join("state"),
             bundles: dir.join("bundles"),
             shared: dir.join("shared"),
+            consoles: dir.join("console"),
             no_pivot: false,
         }
     }
@@ -737,7 +816,7 @@ mod tests {
     }
 
     #[test]
-    fn terminal_is_refused_for_now() {
+    fn terminal_spec_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
         std::fs::create_dir_all(p.shared.join("r")).unwrap();
@@ -746,10 +825,7 @@ mod tests {
         process.set_terminal(Some(true));
         spec.set_process(Some(process));
         let json = serde_json::to_vec(&spec).unwrap();
-        assert!(matches!(
-            validate_create(&p, "c1", &json, "r", false),
-            Err(ContainerError::Unsupported(_))
-        ));
+        assert!(validate_create(&p, "c1", &json, "r", false).is_ok());
     }
 
     #[test]

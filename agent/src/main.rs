@@ -7,6 +7,7 @@ mod init;
 mod oom;
 mod reaper;
 mod service;
+mod tty;
 mod validate;
 
 use anyhow::Context;

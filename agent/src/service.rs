@@ -28,6 +28,7 @@ impl From<ContainerError> for ttrpc::Error {
                 Code::FAILED_PRECONDITION
             }
             ContainerError::Io { .. }
+            | ContainerError::Tty(_)
             | ContainerError::Cgroup(_)
             | ContainerError::Libcontainer(_) => Code::INTERNAL,
         };
@@ -328,13 +329,14 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: pb::TtyWinResizeRequest,
     ) -> ttrpc::Result<pb::Empty> {
-        Self::process_ids(&req.container_id, &req.exec_id)?;
-        validate::in_range("row", req.row.into(), 1, u16::MAX.into()).map_err(invalid)?;
-        validate::in_range("column", req.column.into(), 1, u16::MAX.into()).map_err(invalid)?;
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "terminal (tty) processes are not supported yet",
-        ))
+        let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
+        let rows =
+            validate::in_range("row", req.row.into(), 1, u16::MAX.into()).map_err(invalid)?;
+        let columns =
+            validate::in_range("column", req.column.into(), 1, u16::MAX.into()).map_err(invalid)?;
+        self.containers
+            .resize(id, exec, rows as u16, columns as u16)?;
+        Ok(empty())
     }
 
     fn stats_container(
@@ -385,6 +387,7 @@ mod tests {
             state: dir.join("state"),
             bundles: dir.join("bundles"),
             shared: dir.join("shared"),
+            consoles: dir.join("console"),
             no_pivot: false,
         };
         AgentService::new(Arc::new(Containers::new(

@@ -187,7 +187,39 @@ fn run_container(agent: &AgentClient, a: &Args, spec: &PathBuf) -> Result<(), St
         serde_json::from_slice(&req.oci_spec_json).map_err(|e| format!("spec: {e}"))?;
     run_long_lived(agent, a, &spec_json)?;
     run_oom(agent, a, &spec_json)?;
+    run_terminal(agent, a, &spec_json)?;
     Ok(())
+}
+
+/// A terminal container: window size set before start, output through the PTY.
+fn run_terminal(agent: &AgentClient, a: &Args, base: &serde_json::Value) -> Result<(), String> {
+    let id = "probe4";
+    let mut spec = base.clone();
+    spec["process"]["terminal"] = serde_json::json!(true);
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "stty size; echo tty-ok"]);
+    let mut req = pb::CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+    req.rootfs = a.rootfs.clone();
+    agent
+        .create_container(ctx(), &req)
+        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
+    let mut resize = pb::TtyWinResizeRequest::new();
+    resize.container_id = id.into();
+    resize.row = 40;
+    resize.column = 100;
+    agent
+        .tty_win_resize(ctx(), &resize)
+        .map_err(|e| format!("TtyWinResize: {e}"))?;
+    let mut start = pb::StartContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(ctx(), &start)
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    let out = read_all(agent, id, "")?;
+    expect("terminal output", out.as_str(), "40 100\r\ntty-ok\r\n")?;
+    expect("terminal exit", wait(agent, id, "")?, 0)?;
+    remove(agent, id)
 }
 
 fn remove(agent: &AgentClient, id: &str) -> Result<(), String> {
