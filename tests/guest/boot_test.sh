@@ -123,13 +123,19 @@ qemu-system-x86_64 \
 QEMU_PID=$!
 PIDS+=($QEMU_PID)
 
-"$PROBE" --socket "$WORK/vsock.sock" --timeout "$TIMEOUT" "${PROBE_ARGS[@]}" ||
+kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited at once (see its log)"
+"$PROBE" --socket "$WORK/vsock.sock" --timeout "$TIMEOUT" "${PROBE_ARGS[@]}" --destroy ||
     fail "agent probe failed"
 end_ns=$(date +%s%N)
-kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited early"
+# DestroySandbox makes the agent reset the VM (reboot=t); -no-reboot turns that
+# into QEMU exiting with status 0.
+for _ in $(seq 200); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$QEMU_PID" 2>/dev/null; then fail "QEMU still running 20 s after DestroySandbox"; fi
+wait "$QEMU_PID" || fail "QEMU exited with status $? after DestroySandbox"
+exit_ns=$(date +%s%N)
 
 ready="$(grep -o 'guest uptime [0-9.]* s' "$CONSOLE" | head -1 || true)"
 log "kernel:    $KERNEL ($(stat -c %s "$KERNEL") bytes)"
 log "initramfs: $INITRAMFS ($(stat -c %s "$INITRAMFS") bytes)"
-log "agent ready: ${ready:-?}; QEMU start to probe done: $(( (end_ns - start_ns) / 1000000 )) ms (TCG)"
+log "agent ready: ${ready:-?}; QEMU start to probe done: $(( (end_ns - start_ns) / 1000000 )) ms, to VM exit: $(( (exit_ns - start_ns) / 1000000 )) ms (TCG)"
 echo "boot_test: 1 passed, 0 failed"

@@ -5,6 +5,7 @@
 //! usage: agent_probe --socket HOST_UDS [--port 1024] [--timeout SECS]
 //!                    [--container-spec config.json --rootfs REL_PATH
 //!                     --shared-tag TAG --expect-stdout TEXT --expect-exit N]
+//!                    [--destroy]   (DestroySandbox at the end: the VM exits)
 //!
 //! Exits non-zero with a message on any mismatch.
 
@@ -25,6 +26,7 @@ struct Args {
     shared_tag: String,
     expect_stdout: Option<String>,
     expect_exit: Option<i32>,
+    destroy: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -46,6 +48,7 @@ fn parse() -> Result<Args, String> {
             "--container-spec" => a.spec = Some(val()?.into()),
             "--rootfs" => a.rootfs = val()?,
             "--shared-tag" => a.shared_tag = val()?,
+            "--destroy" => a.destroy = true,
             "--expect-stdout" => a.expect_stdout = Some(val()?),
             "--expect-exit" => {
                 a.expect_exit = Some(val()?.parse().map_err(|e| format!("--expect-exit: {e}"))?)
@@ -125,6 +128,14 @@ fn run() -> Result<(), String> {
     if let Some(spec) = &a.spec {
         run_container(&agent, &a, spec)?;
     }
+    if a.destroy {
+        let mut d = pb::DestroySandboxRequest::new();
+        d.sandbox_id = "probe".into();
+        agent
+            .destroy_sandbox(ctx(), &d)
+            .map_err(|e| format!("DestroySandbox: {e}"))?;
+        println!("agent_probe: DestroySandbox ok");
+    }
     Ok(())
 }
 
@@ -132,6 +143,7 @@ fn run_container(agent: &AgentClient, a: &Args, spec: &PathBuf) -> Result<(), St
     let t = Instant::now();
     let mut sb = pb::CreateSandboxRequest::new();
     sb.sandbox_id = "probe".into();
+    sb.hostname = "probe-sandbox".into();
     sb.shared_fs_tag = a.shared_tag.clone();
     agent
         .create_sandbox(ctx(), &sb)
