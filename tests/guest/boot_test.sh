@@ -124,7 +124,8 @@ QEMU_PID=$!
 PIDS+=($QEMU_PID)
 
 kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited at once (see its log)"
-"$PROBE" --socket "$WORK/vsock.sock" --timeout "$TIMEOUT" "${PROBE_ARGS[@]}" --destroy ||
+"$PROBE" --socket "$WORK/vsock.sock" --timeout "$TIMEOUT" --vm-pid "$QEMU_PID" \
+    "${PROBE_ARGS[@]}" --destroy ||
     fail "agent probe failed"
 end_ns=$(date +%s%N)
 # DestroySandbox makes the agent reset the VM (reboot=t); -no-reboot turns that

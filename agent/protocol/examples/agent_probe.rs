@@ -6,6 +6,7 @@
 //!                    [--container-spec config.json --rootfs REL_PATH
 //!                     --shared-tag TAG --expect-stdout TEXT --expect-exit N]
 //!                    [--destroy]   (DestroySandbox at the end: the VM exits)
+//!                    [--vm-pid PID] (give up at once if that process is gone)
 //!
 //! Exits non-zero with a message on any mismatch.
 
@@ -27,6 +28,7 @@ struct Args {
     expect_stdout: Option<String>,
     expect_exit: Option<i32>,
     destroy: bool,
+    vm_pid: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +51,7 @@ fn parse() -> Result<Args, String> {
             "--rootfs" => a.rootfs = val()?,
             "--shared-tag" => a.shared_tag = val()?,
             "--destroy" => a.destroy = true,
+            "--vm-pid" => a.vm_pid = Some(val()?.parse().map_err(|e| format!("--vm-pid: {e}"))?),
             "--expect-stdout" => a.expect_stdout = Some(val()?),
             "--expect-exit" => {
                 a.expect_exit = Some(val()?.parse().map_err(|e| format!("--expect-exit: {e}"))?)
@@ -80,6 +83,13 @@ fn main() -> ExitCode {
 fn connect(a: &Args, started: Instant) -> Result<ttrpc::Client, String> {
     let mut last = String::new();
     while started.elapsed() < a.timeout {
+        if let Some(pid) = a.vm_pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(format!(
+                    "VM process {pid} is gone before the agent answered"
+                ));
+            }
+        }
         match hybrid_vsock::connect_ttrpc(&a.socket, a.port, Duration::from_secs(5)) {
             Ok(c) => return Ok(c),
             Err(e) => last = e.to_string(),
