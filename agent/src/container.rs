@@ -342,20 +342,23 @@ impl Containers {
             .unwrap_or(false);
         let mut io = ProcessIo::new(terminal, p.stdin, &paths.consoles)?;
         let builder = io.builder(&p.id, &paths.state)?;
-        let container = {
-            // libcontainer waits for its helper process: keep the reaper out.
+        let (container, pid) = {
+            // libcontainer waits for its helper process: keep the reaper out
+            // until the new init is tracked.
             let _spawn = self.reaper.spawn_guard();
-            builder
+            let container = builder
                 .as_init(&bundle)
                 .with_systemd(false)
                 .with_no_pivot(paths.no_pivot)
                 .with_detach(true)
-                .build()?
+                .build()?;
+            let pid = container
+                .pid()
+                .map(|p| p.as_raw())
+                .ok_or_else(|| ContainerError::NoProcess(p.id.clone()))?;
+            self.reaper.track(pid);
+            (container, pid)
         };
-        let pid = container
-            .pid()
-            .map(|p| p.as_raw())
-            .ok_or_else(|| ContainerError::NoProcess(p.id.clone()))?;
         let mut processes = HashMap::new();
         processes.insert(String::new(), io.into_process(pid)?);
         let id = p.id;
@@ -426,11 +429,13 @@ impl Containers {
         let builder = io.builder(id, &paths.state)?;
         let pid = {
             let _spawn = self.reaper.spawn_guard();
-            builder
+            let pid = builder
                 .as_tenant()
                 .with_process(Some(&file))
                 .with_detach(true)
-                .build()?
+                .build()?;
+            self.reaper.track(pid.as_raw());
+            pid
         };
         let _ = std::fs::remove_file(&file);
         let process = io.into_process(pid.as_raw())?;

@@ -29,7 +29,10 @@ pub enum ReaperError {
 #[derive(Default)]
 pub struct Reaper {
     spawn: Mutex<()>,
-    exited: Mutex<HashMap<i32, i32>>,
+    /// Tracked pids (container processes) and, once reaped, their statuses.
+    /// Untracked children (orphans) are reaped and dropped, so this stays as
+    /// large as the number of processes the host knows about.
+    exited: Mutex<HashMap<i32, Option<i32>>>,
     changed: Condvar,
 }
 
@@ -79,25 +82,39 @@ impl Reaper {
         }
     }
 
-    /// Records an exit status (used by the reaper, and by tests).
+    /// Keeps the exit status of `pid` for [`Reaper::wait`]. Call it while holding
+    /// the [`Reaper::spawn_guard`] that covered the process's creation, so the
+    /// status cannot be reaped before it is tracked.
+    pub fn track(&self, pid: i32) {
+        self.exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pid)
+            .or_insert(None);
+    }
+
+    /// Records an exit status if the pid is tracked (used by the reaper, and by tests).
     pub fn record(&self, pid: i32, code: i32) {
         let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
-        // Orphans nobody waits for would otherwise pile up: keep a bounded history.
-        if exited.len() > 4096 {
-            exited.clear();
+        match exited.get_mut(&pid) {
+            Some(slot) => *slot = Some(code),
+            None => tracing::debug!("reaped orphan {pid} ({code})"),
         }
-        exited.insert(pid, code);
         self.changed.notify_all();
     }
 
-    /// Waits for `pid` to exit and returns its status (see [`exit_code`]). Does not
-    /// remove the record, so several waiters get the same answer.
+    /// Waits for tracked `pid` to exit and returns its status (see [`exit_code`]);
+    /// None on timeout or for an untracked pid. Does not remove the record, so
+    /// several waiters get the same answer.
     pub fn wait(&self, pid: i32, timeout: Option<Duration>) -> Option<i32> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(code) = exited.get(&pid) {
-                return Some(*code);
+            match exited.get(&pid) {
+                Some(Some(code)) => return Some(*code),
+                Some(None) => {}
+                // Not tracked: nothing will ever be recorded for it.
+                None => return None,
             }
             exited = match deadline {
                 None => self.changed.wait(exited).unwrap_or_else(|e| e.into_inner()),
@@ -152,6 +169,9 @@ mod tests {
     #[test]
     fn wait_sees_recorded_status_and_times_out() {
         let r = Arc::new(Reaper::default());
+        r.record(41, 1);
+        assert_eq!(r.wait(41, None), None, "untracked pids are not kept");
+        r.track(42);
         assert_eq!(r.wait(42, Some(Duration::from_millis(10))), None);
         let r2 = Arc::clone(&r);
         let t = std::thread::spawn(move || r2.wait(42, Some(Duration::from_secs(10))));
