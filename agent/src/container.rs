@@ -351,7 +351,13 @@ impl Containers {
                 .with_systemd(false)
                 .with_no_pivot(paths.no_pivot)
                 .with_detach(true)
-                .build()?;
+                .build()
+                .inspect_err(|_| {
+                    // Leave nothing behind that would make a retry fail with
+                    // "already exists".
+                    let _ = std::fs::remove_dir_all(paths.state.join(&p.id));
+                    let _ = std::fs::remove_dir_all(&bundle);
+                })?;
             let pid = container
                 .pid()
                 .map(|p| p.as_raw())

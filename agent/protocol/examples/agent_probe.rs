@@ -162,6 +162,19 @@ fn run_container(agent: &AgentClient, a: &Args, spec: &PathBuf) -> Result<(), St
     req.container_id = "probe1".into();
     req.oci_spec_json = std::fs::read(spec).map_err(|e| format!("read {}: {e}", spec.display()))?;
     req.rootfs = a.rootfs.clone();
+    // A create that fails inside libcontainer must leave nothing behind: the
+    // same id is used again right after.
+    let mut broken: serde_json::Value =
+        serde_json::from_slice(&req.oci_spec_json).map_err(|e| format!("spec: {e}"))?;
+    broken["mounts"] = serde_json::json!([
+        {"destination": "/x", "type": "no-such-fs", "source": "none"}
+    ]);
+    let mut bad = req.clone();
+    bad.oci_spec_json = serde_json::to_vec(&broken).map_err(|e| e.to_string())?;
+    match agent.create_container(ctx(), &bad) {
+        Ok(_) => return Err("CreateContainer with an unknown mount type succeeded".into()),
+        Err(e) => println!("agent_probe: broken spec refused: {}", short(&e)),
+    }
     agent
         .create_container(ctx(), &req)
         .map_err(|e| format!("CreateContainer: {e}"))?;
@@ -242,6 +255,14 @@ fn run_terminal(agent: &AgentClient, a: &Args, base: &serde_json::Value) -> Resu
     expect("terminal output", out.as_str(), "40 100\r\ntty-ok\r\n")?;
     expect("terminal exit", wait(agent, id, "")?, 0)?;
     remove(agent, id)
+}
+
+/// The status message of an rpc error, without the protobuf debug noise.
+fn short(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message),
+        other => other.to_string(),
+    }
 }
 
 fn remove(agent: &AgentClient, id: &str) -> Result<(), String> {
