@@ -3,7 +3,7 @@
 
 GUEST_APT_PKGS := qemu-system-x86 cpio libseccomp-dev linux-source-6.12 flex bison bc libelf-dev
 
-.PHONY: guest-deps guest-kernel agent-static initramfs test-guest
+.PHONY: guest-deps guest-kernel agent-static initramfs guest-artifacts test-guest
 
 # Installs the Debian packages the guest build and boot test need (root only;
 # otherwise says what is missing). Quick when all are present.
@@ -29,6 +29,12 @@ agent-static: guest-deps
 # Uncompressed cpio with /init = husk-agent, in $(HUSK_CACHE)/initramfs/<hash>/.
 initramfs: guest-deps
 	bash agent/mkinitramfs.sh "$$(bash agent/build-static.sh)"
+
+# Builds what is missing, then prints "kernel=<path>" and "initramfs=<path>"
+# (for the runtime and the VMM: `make -s guest-artifacts`).
+guest-artifacts: guest-deps
+	@echo "kernel=$$(KERNEL_PRINT_PATH=1 bash guest-kernel/build.sh)"
+	@echo "initramfs=$$(bash agent/mkinitramfs.sh "$$(bash agent/build-static.sh)")"
 
 # Boots kernel + initramfs under QEMU TCG and talks to the agent over vsock.
 test-guest: guest-kernel initramfs
