@@ -105,6 +105,10 @@ if [ "$CONTAINER_TEST" = 1 ]; then
                 --expect-stdout hello --expect-exit 3)
 fi
 
+# A small disk: the guest kernel must find it through virtio-blk (checked in the
+# console log; nothing in the guest uses it yet).
+truncate -s 4M "$WORK/disk.img"
+
 # microvm with acpi=off: QEMU appends virtio_mmio.device=... to the cmdline itself.
 # reboot=t: the agent's reboot(2) triple-faults and -no-reboot turns that into exit.
 start_ns=$(date +%s%N)
@@ -118,6 +122,8 @@ qemu-system-x86_64 \
     -append "console=ttyS0 reboot=t panic=-1 printk.time=1" \
     -chardev socket,id=vsock0,path="$WORK/vhost-vsock.sock" \
     -device vhost-user-vsock-device,chardev=vsock0 \
+    -drive "file=$WORK/disk.img,format=raw,if=none,id=disk0" \
+    -device virtio-blk-device,drive=disk0 \
     "${QEMU_FS[@]}" \
     >"$WORK/qemu.log" 2>&1 &
 QEMU_PID=$!
@@ -135,6 +141,7 @@ if kill -0 "$QEMU_PID" 2>/dev/null; then fail "QEMU still running 20 s after Des
 wait "$QEMU_PID" || fail "QEMU exited with status $? after DestroySandbox"
 exit_ns=$(date +%s%N)
 
+grep -q 'virtio_blk.*\[vda\]' "$CONSOLE" || fail "guest kernel did not find the virtio-blk disk"
 ready="$(grep -o 'guest uptime [0-9.]* s' "$CONSOLE" | head -1 || true)"
 log "kernel:    $KERNEL ($(stat -c %s "$KERNEL") bytes)"
 log "initramfs: $INITRAMFS ($(stat -c %s "$INITRAMFS") bytes)"
