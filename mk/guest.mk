@@ -1,7 +1,7 @@
 # Guest side of VM isolation: kernel, static agent, initramfs, QEMU boot test.
 # Included by the root Makefile (-include mk/*.mk); HUSK_CACHE is exported there.
 
-GUEST_APT_PKGS := qemu-system-x86 cpio libseccomp-dev linux-source-6.12 flex bison bc libelf-dev
+GUEST_APT_PKGS := qemu-system-x86 cpio libseccomp-dev libcap-ng-dev busybox-static linux-source-6.12 flex bison bc libelf-dev
 
 .PHONY: guest-deps guest-kernel agent-static initramfs guest-artifacts test-guest
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Boot test for the guest side of VM isolation. Needs: qemu-system-x86_64 (Debian's
 # qemu-system-x86), the guest kernel (guest-kernel/build.sh), the static agent and
-# its initramfs, and vhost-device-vsock 0.3.0 (cargo-installed into $HUSK_CACHE/bin).
+# its initramfs, vhost-device-vsock 0.3.0 and virtiofsd 1.14.0 (cargo-installed into
+# $HUSK_CACHE/bin when missing; virtiofsd needs libcap-ng-dev and libseccomp-dev),
+# and a static busybox (busybox-static). `make guest-deps` installs the packages.
 #
 # Boots the kernel + initramfs under QEMU TCG (microvm, no ACPI; the host /dev/kvm is
 # PVM here and cannot run a stock Linux guest), wires vsock through vhost-device-vsock
