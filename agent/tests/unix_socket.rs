@@ -4,6 +4,9 @@
 
 use husk_agent_protocol::agent::{self as pb, health_check_response::ServingStatus};
 use husk_agent_protocol::agent_ttrpc::{AgentClient, HealthClient};
+use husk_agent_protocol::hybrid_vsock;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -86,6 +89,43 @@ fn health_version_and_bad_requests() {
     stats.container_id = "x".into();
     assert!(agent.stats_container(ctx(), &stats).is_err());
     // Still alive after all that.
+    let r = health.check(ctx(), &pb::CheckRequest::new()).unwrap();
+    assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
+}
+
+/// Plays the VMM's hybrid vsock device: accepts one host connection, checks the
+/// `CONNECT <port>` line, answers `OK <port>`, then splices the stream to the
+/// agent's Unix socket (standing in for the guest's vsock listener).
+fn hybrid_vsock_device(host_sock: &std::path::Path, agent_sock: std::path::PathBuf) {
+    let listener = UnixListener::bind(host_sock).unwrap();
+    std::thread::spawn(move || {
+        let (host, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(host.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "CONNECT 1024\n");
+        let guest = UnixStream::connect(agent_sock).unwrap();
+        (&host).write_all(b"OK 1024\n").unwrap();
+        let (mut h2g_src, mut h2g_dst) = (reader, guest.try_clone().unwrap());
+        let (mut g2h_src, mut g2h_dst) = (guest, host);
+        std::thread::spawn(move || std::io::copy(&mut h2g_src, &mut h2g_dst));
+        let _ = std::io::copy(&mut g2h_src, &mut g2h_dst);
+    });
+}
+
+#[test]
+fn health_through_hybrid_vsock_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, _direct) = start_agent(dir.path());
+    let host_sock = dir.path().join("vsock.sock");
+    hybrid_vsock_device(&host_sock, dir.path().join("agent.sock"));
+    let client = hybrid_vsock::connect_ttrpc(
+        &host_sock,
+        husk_agent_protocol::AGENT_VSOCK_PORT,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let health = HealthClient::new(client);
     let r = health.check(ctx(), &pb::CheckRequest::new()).unwrap();
     assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
 }
