@@ -286,24 +286,28 @@ pub fn validate_create(
 
 /// The containers of this sandbox.
 pub struct Containers {
-    paths: Mutex<Paths>,
+    paths: Paths,
     reaper: Arc<Reaper>,
     oom: Arc<OomWatcher>,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Serialises creations and execs, so two requests for one id cannot both
+    /// pass the "exists" check (and a failure cleanup cannot hit the other's state).
+    creating: Mutex<()>,
 }
 
 impl Containers {
     pub fn new(paths: Paths, reaper: Arc<Reaper>, oom: Arc<OomWatcher>) -> Self {
         Self {
-            paths: Mutex::new(paths),
+            paths,
             reaper,
             oom,
             entries: Mutex::new(HashMap::new()),
+            creating: Mutex::new(()),
         }
     }
 
-    pub fn paths(&self) -> Paths {
-        self.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn paths(&self) -> &Paths {
+        &self.paths
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -312,6 +316,7 @@ impl Containers {
 
     /// Creates the container (its init waits for [`Containers::start`]).
     pub fn create(&self, p: CreateParams) -> Result<(), ContainerError> {
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
         if self.entries().contains_key(&p.id) {
             return Err(ContainerError::Exists(p.id));
         }
@@ -342,7 +347,7 @@ impl Containers {
             .unwrap_or(false);
         let mut io = ProcessIo::new(terminal, p.stdin, &paths.consoles)?;
         let builder = io.builder(&p.id, &paths.state)?;
-        let (container, pid) = {
+        let (mut container, pid) = {
             // libcontainer waits for its helper process: keep the reaper out
             // until the new init is tracked.
             let _spawn = self.reaper.spawn_guard();
@@ -365,8 +370,23 @@ impl Containers {
             self.reaper.track(pid);
             (container, pid)
         };
+        let process = match io.into_process(pid) {
+            Ok(process) => process,
+            Err(e) => {
+                // No terminal, no container: do not leave a half-made one.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                self.reaper.wait(pid, Some(Duration::from_secs(5)));
+                self.reaper.forget(pid);
+                let _ = container.delete(true);
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
         let mut processes = HashMap::new();
-        processes.insert(String::new(), io.into_process(pid)?);
+        processes.insert(String::new(), process);
         let id = p.id;
         self.entries().insert(
             id.clone(),
@@ -411,6 +431,7 @@ impl Containers {
                 what: "process",
                 source,
             })?;
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
         {
             let entries = self.entries();
             let e = entries

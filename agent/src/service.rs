@@ -102,7 +102,7 @@ impl AgentService {
 
     pub fn do_create_container(&self, req: &pb::CreateContainerRequest) -> ttrpc::Result<()> {
         let params = container::validate_create(
-            &self.containers.paths(),
+            self.containers.paths(),
             &req.container_id,
             &req.oci_spec_json,
             &req.rootfs,
@@ -158,7 +158,7 @@ impl agent_ttrpc::Agent for AgentService {
         }
         if !req.shared_fs_tag.is_empty() {
             validate::container_id(&req.shared_fs_tag).map_err(invalid)?;
-            let dir = self.containers.paths().shared;
+            let dir = self.containers.paths().shared.clone();
             std::fs::create_dir_all(&dir)
                 .map_err(|e| status(Code::INTERNAL, format!("mkdir {}: {e}", dir.display())))?;
             nix::mount::mount(
