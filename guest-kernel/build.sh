@@ -88,6 +88,16 @@ fi
 
 # --- configure ------------------------------------------------------------------
 BUILD="$OUT_DIR/build"
+# After a fragment edit, start from the newest earlier build tree: Kbuild then
+# recompiles only what the changed options touch (minutes become seconds).
+if [ ! -f "$BUILD/.config" ]; then
+    prev="$(ls -dt "$CACHE"/kernel/*/build 2>/dev/null | grep -vxF "$BUILD" | head -1 || true)"
+    if [ -n "$prev" ] && [ -f "$prev/.config" ]; then
+        log "seeding the build tree from $prev (incremental build)"
+        mkdir -p "$BUILD"
+        cp -a "$prev/." "$BUILD/"
+    fi
+fi
 mkdir -p "$BUILD"
 start=$(date +%s)
 # Quiet the tree's make output; errors still show.

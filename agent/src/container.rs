@@ -697,8 +697,8 @@ impl Containers {
     }
 }
 
-/// Reads the few cgroup v2 files the stats come from. (libcgroups' stats also
-/// want the PSI files, which this small guest kernel does not have.)
+/// Reads the few cgroup v2 files the stats come from. (libcgroups' full stats
+/// read a dozen more files, PSI included, for figures the API does not carry.)
 pub fn read_stats(dir: &std::path::Path) -> Result<Stats, ContainerError> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
