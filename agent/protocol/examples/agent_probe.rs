@@ -362,6 +362,27 @@ fn run_long_lived(agent: &AgentClient, a: &Args, base: &serde_json::Value) -> Re
     )?;
     expect("exec exit", wait(agent, id, "e1")?, 5)?;
 
+    // An exec'd process with a terminal: output arrives through its PTY.
+    let mut exec_tty = exec.clone();
+    exec_tty.exec_id = "e2".into();
+    exec_tty.process_json = serde_json::to_vec(&serde_json::json!({
+        "terminal": true,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/bin/sh", "-c", "test -t 1 && echo tty-exec-ok"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .map_err(|e| e.to_string())?;
+    agent
+        .exec_process(ctx(), &exec_tty)
+        .map_err(|e| format!("ExecProcess (terminal): {e}"))?;
+    expect(
+        "terminal exec stdout",
+        read_all(agent, id, "e2")?,
+        "tty-exec-ok\r\n".to_string(),
+    )?;
+    expect("terminal exec exit", wait(agent, id, "e2")?, 0)?;
+
     let mut st = pb::StatsContainerRequest::new();
     st.container_id = id.into();
     let stats = agent
