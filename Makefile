@@ -27,9 +27,9 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Unit tests: no root, no engines.
+# Unit tests: no root, no engines. (husk-vmm's run in test-vmm, with its KVM layer.)
 unit-test: setup
-	$(CARGO) test $(CARGO_PROFILE) --workspace --exclude husk-e2e --exclude husk-benches
+	$(CARGO) test $(CARGO_PROFILE) --workspace --exclude husk-e2e --exclude husk-benches --exclude husk-vmm
 
 # End-to-end suites against the real husk binary and real engines (root needed).
 e2e: build

@@ -11,6 +11,9 @@ packages=(
   bsdutils                                # script(1): a real terminal for TTY tests
   procps iproute2 tar
   libseccomp-dev pkg-config               # libseccomp for seccomp filters
+  libcap-ng-dev                           # virtiofsd (cargo install) links it
+  qemu-system-x86 cpio                    # the qemu backend, initramfs, nested KVM host
+  linux-source-6.12 flex bison bc libelf-dev  # the guest kernel build
 )
 missing=()
 for package in "${packages[@]}"; do
