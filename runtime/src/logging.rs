@@ -106,8 +106,8 @@ pub struct LogSettings<'a> {
 }
 
 /// Installs the global subscriber. With `--log`, warnings and errors (everything with
-/// `--debug`) go to the file; without it only `--debug` output goes to stderr, since the
-/// command's own error is printed there anyway.
+/// `--debug`) go to the file; without it errors (everything with `--debug`) go to
+/// stderr.
 pub fn init(settings: &LogSettings<'_>) -> Result<(), LoggingError> {
     let (sink, level): (Box<dyn Write + Send>, LevelFilter) = match settings.file {
         Some(path) => {
@@ -127,7 +127,9 @@ pub fn init(settings: &LogSettings<'_>) -> Result<(), LoggingError> {
             (Box::new(file), level)
         }
         None if settings.debug => (Box::new(std::io::stderr()), LevelFilter::DEBUG),
-        None => (Box::new(std::io::sink()), LevelFilter::OFF),
+        // Errors logged along the way often name the root cause (a failing rlimit, a
+        // missing mount source) that the final message only summarises.
+        None => (Box::new(std::io::stderr()), LevelFilter::ERROR),
     };
     let layer = LineLayer {
         format: settings.format,

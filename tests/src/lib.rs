@@ -57,3 +57,32 @@ pub fn husk_bin() -> PathBuf {
     }
     path
 }
+
+/// A test assertion for libtest-mimic trials: `Err` with `message()` unless `condition`.
+pub fn check(
+    condition: bool,
+    message: impl FnOnce() -> String,
+) -> Result<(), libtest_mimic::Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message().into())
+    }
+}
+
+/// A named check of a suite, run against the suite's shared environment.
+pub type Case<E> = (&'static str, fn(&E) -> Result<(), libtest_mimic::Failed>);
+
+/// Turns a suite's cases into trials that share `env`.
+pub fn trials<E: Send + Sync + 'static>(
+    env: &std::sync::Arc<E>,
+    cases: Vec<Case<E>>,
+) -> Vec<libtest_mimic::Trial> {
+    cases
+        .into_iter()
+        .map(|(name, case)| {
+            let env = std::sync::Arc::clone(env);
+            libtest_mimic::Trial::test(name, move || case(&env))
+        })
+        .collect()
+}

@@ -8,10 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use husk_e2e::check;
 use husk_e2e::cmd::{self, Output};
 use husk_e2e::fixture::{Bundle, Rootfs};
 use husk_e2e::leaks;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,14 +84,6 @@ impl Husk {
     }
 }
 
-fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition {
-        Ok(())
-    } else {
-        Err(message().into())
-    }
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), fastrand())
 }
@@ -101,11 +94,12 @@ fn fastrand() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-type Case = fn(&Path) -> Result<(), Failed>;
+type Case = husk_e2e::Case<Rootfs>;
 
-fn cases() -> Vec<(&'static str, Case)> {
+fn cases() -> Vec<Case> {
     vec![
         ("run_relays_output_and_exit_code", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let bundle = husk.bundle(&["sh", "-c", "echo hello; echo to-stderr >&2; exit 3"]);
             let id = unique("run");
@@ -123,6 +117,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "run_reports_death_by_signal_and_forwards_signals",
             |rootfs| {
+                let rootfs = rootfs.path();
                 let husk = Husk::container_default(rootfs);
                 // Killed from outside: husk run exits 128+9.
                 let bundle = husk.bundle(&["sleep", "1000"]);
@@ -177,6 +172,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             },
         ),
         ("lifecycle_create_start_state_kill_delete", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let bundle = husk.bundle(&["sleep", "1000"]);
             let id = unique("life");
@@ -240,6 +236,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             husk.assert_clean(&id)
         }),
         ("run_detach_then_exec_ps_pause_update_events", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let mut bundle = husk.bundle(&["sleep", "1000"]);
             bundle.config["linux"]["resources"] = json!({ "memory": { "limit": 128u64 << 20 } });
@@ -321,6 +318,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             husk.assert_clean(&id)
         }),
         ("foreground_terminal_is_bridged", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let mut bundle = husk.bundle(&["sh", "-c", "tty; read line; echo got:$line"]);
             bundle.config["process"]["terminal"] = json!(true);
@@ -345,6 +343,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             husk.assert_clean(&id)
         }),
         ("vm_isolation_is_refused_never_downgraded", |rootfs| {
+            let rootfs = rootfs.path();
             // No operator config, no flag: vm is the default and cannot be met yet.
             let husk = Husk::new(rootfs, "");
             let marker_dir = tempfile::tempdir().unwrap();
@@ -370,6 +369,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             lenient.assert_clean(&id)
         }),
         ("annotation_chooses_isolation_only_if_allowed", |rootfs| {
+            let rootfs = rootfs.path();
             let strict = Husk::new(
                 rootfs,
                 "[isolation]\ndefault = \"vm\"\nallow_annotation = false\n",
@@ -403,6 +403,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             containers.assert_clean(&id)
         }),
         ("bad_operator_config_is_reported", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::new(rootfs, "[isolation]\ndefault = \"chroot\"\n");
             let bundle = husk.bundle(&["true"]);
             let id = unique("cfg");
@@ -419,6 +420,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             husk.assert_clean(&id)
         }),
         ("bundle_errors_are_clear_and_leave_nothing", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let id = unique("bad");
             let bundle = husk.bundle(&["true"]);
@@ -446,6 +448,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             husk.assert_clean(&id)
         }),
         ("ids_are_validated", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let bundle = husk.bundle(&["true"]);
             let b = bundle.path().to_str().unwrap();
@@ -465,6 +468,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "id_in_use_is_refused_and_the_first_container_survives",
             |rootfs| {
+                let rootfs = rootfs.path();
                 let husk = Husk::container_default(rootfs);
                 let bundle = husk.bundle(&["sleep", "1000"]);
                 let b = bundle.path().to_str().unwrap();
@@ -485,6 +489,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             },
         ),
         ("unknown_ids_and_signals", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             for args in [
                 vec!["state", "ghost"],
@@ -515,6 +520,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             husk.assert_clean(&id)
         }),
         ("json_log_carries_the_error_for_engines", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let log = husk.root.path().join("husk.log");
             husk.husk(&[
@@ -539,6 +545,7 @@ fn cases() -> Vec<(&'static str, Case)> {
             )
         }),
         ("spec_features_and_version", |rootfs| {
+            let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path().to_str().unwrap();
@@ -591,13 +598,7 @@ fn main() {
     husk_e2e::require_root("cli");
     husk_e2e::require_program("script");
     let rootfs = Arc::new(Rootfs::busybox());
-    let trials = cases()
-        .into_iter()
-        .map(|(name, case)| {
-            let rootfs = Arc::clone(&rootfs);
-            Trial::test(name, move || case(rootfs.path()))
-        })
-        .collect();
+    let trials = husk_e2e::trials(&rootfs, cases());
     let conclusion = libtest_mimic::run(&args, trials);
     drop(rootfs);
     conclusion.exit();

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use husk_e2e::check;
 use husk_e2e::cmd;
 use husk_e2e::engines::Containerd;
 use husk_e2e::fixture::Rootfs;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 
 const IMAGE: &str = "docker.io/library/husk-busybox:test";
 
@@ -18,14 +19,6 @@ struct Env {
     containerd: Containerd,
     husk: String,
     rootfs: Rootfs,
-}
-
-fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition {
-        Ok(())
-    } else {
-        Err(message().into())
-    }
 }
 
 impl Env {
@@ -40,9 +33,9 @@ impl Env {
     }
 }
 
-type Case = fn(&Env) -> Result<(), Failed>;
+type Case = husk_e2e::Case<Env>;
 
-fn cases() -> Vec<(&'static str, Case)> {
+fn cases() -> Vec<Case> {
     vec![
         ("ctr_run_output_and_exit_code", |env| {
             let out = env
@@ -131,13 +124,7 @@ fn main() {
         rootfs,
     });
 
-    let mut trials: Vec<Trial> = cases()
-        .into_iter()
-        .map(|(name, case)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || case(&env))
-        })
-        .collect();
+    let mut trials = husk_e2e::trials(&env, cases());
     let leak_env = Arc::clone(&env);
     trials.push(Trial::test("zz_nothing_left_behind", move || {
         let tasks = leak_env.ctr(&["task", "ls", "-q"]).ok();

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use husk_e2e::check;
 use husk_e2e::cmd;
 use husk_e2e::engines::Dockerd;
 use husk_e2e::fixture::Rootfs;
@@ -64,14 +65,6 @@ impl Env {
     }
 }
 
-fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition {
-        Ok(())
-    } else {
-        Err(message().into())
-    }
-}
-
 fn contains(output: &cmd::Output, needle: &str) -> Result<(), Failed> {
     check(
         output.stdout.contains(needle) || output.stderr.contains(needle),
@@ -84,9 +77,9 @@ fn contains(output: &cmd::Output, needle: &str) -> Result<(), Failed> {
     )
 }
 
-type Case = fn(&Env) -> Result<(), Failed>;
+type Case = husk_e2e::Case<Env>;
 
-fn cases() -> Vec<(&'static str, Case)> {
+fn cases() -> Vec<Case> {
     vec![
         ("output_and_exit_code", |env| {
             let out = env
@@ -353,13 +346,7 @@ fn main() {
         .ok();
     let env = Arc::new(Env { docker });
 
-    let mut trials: Vec<Trial> = cases()
-        .into_iter()
-        .map(|(name, case)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || case(&env))
-        })
-        .collect();
+    let mut trials = husk_e2e::trials(&env, cases());
     let leak_env = Arc::clone(&env);
     // Runs last (one thread, in order): nothing of the containers above may remain in
     // husk's state root.

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use husk_e2e::check;
 use husk_e2e::cmd;
 use husk_e2e::fixture::{Bundle, Rootfs};
 use husk_e2e::leaks;
@@ -24,14 +25,6 @@ fn husk(root: &Path, args: &[&str]) -> cmd::Output {
             .args(args),
         Duration::from_secs(120),
     )
-}
-
-fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition {
-        Ok(())
-    } else {
-        Err(message().into())
-    }
 }
 
 fn concurrent_runs(rootfs: &Path) -> Result<(), Failed> {

@@ -8,9 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use husk_e2e::check;
 use husk_e2e::cmd;
 use husk_e2e::fixture::Rootfs;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 
 const IMAGE: &str = "localhost/husk-busybox:test";
 const LIMITS: [&str; 6] = [
@@ -62,17 +63,9 @@ impl Env {
     }
 }
 
-fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
-    if condition {
-        Ok(())
-    } else {
-        Err(message().into())
-    }
-}
+type Case = husk_e2e::Case<Env>;
 
-type Case = fn(&Env) -> Result<(), Failed>;
-
-fn cases() -> Vec<(&'static str, Case)> {
+fn cases() -> Vec<Case> {
     vec![
         ("run_output_and_exit_code", |env| {
             let out = env
@@ -137,13 +130,7 @@ fn main() {
     env.podman_with_stdin(&["import", "-", IMAGE], Some(&env.rootfs.tar()))
         .ok();
 
-    let mut trials: Vec<Trial> = cases()
-        .into_iter()
-        .map(|(name, case)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || case(&env))
-        })
-        .collect();
+    let mut trials = husk_e2e::trials(&env, cases());
     let leak_env = Arc::clone(&env);
     trials.push(Trial::test("zz_nothing_left_behind", move || {
         let left = leak_env.podman(&["ps", "-aq"]).ok();
