@@ -10,6 +10,7 @@ pub mod container_id;
 pub mod isolation;
 pub mod logging;
 pub mod pidfile;
+pub mod protected_exe;
 pub mod shared_kernel;
 pub mod signal;
 pub mod units;

@@ -4,19 +4,22 @@ mod commands;
 
 use clap::Parser;
 use husk_runtime::logging::{self, LogSettings};
+use husk_runtime::protected_exe;
 
 use crate::commands::Cli;
 
 fn main() {
     let cli = Cli::parse();
-    // A process that enters a container runs this binary until it execs the workload; if
-    // the container could write to the binary through /proc/<pid>/exe it could take
-    // over the host the next time the runtime runs (CVE-2019-5736). Commands that put a
-    // process into a container therefore run from a sealed in-memory copy. The others
-    // never share a process with a container and skip the copy's cost.
+    // Commands that put a process into a container run from a copy of this binary
+    // the container cannot write (CVE-2019-5736; see protected_exe). The others never
+    // share a process with a container and skip the cost.
     if cli.command.enters_container() {
-        if let Err(err) = pentacle::ensure_sealed() {
-            eprintln!("husk: cannot re-execute from a sealed copy of itself: {err}");
+        let scratch = match cli.global.ensure_root() {
+            Ok(()) => cli.global.root.clone(),
+            Err(_) => std::env::temp_dir(),
+        };
+        if let Err(err) = protected_exe::ensure_protected(&scratch) {
+            eprintln!("husk: {err}");
             std::process::exit(1);
         }
     }

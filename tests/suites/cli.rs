@@ -171,6 +171,35 @@ fn cases() -> Vec<Case> {
                 husk.assert_clean(&id)
             },
         ),
+        ("container_init_cannot_write_the_runtime_binary", |rootfs| {
+            let rootfs = rootfs.path();
+            // CVE-2019-5736: the process waiting in a created container runs husk's
+            // binary; it must reach it only through a read-only mount.
+            let husk = Husk::container_default(rootfs);
+            let bundle = husk.bundle(&["true"]);
+            let id = unique("exe");
+            husk.husk(&["create", "-b", bundle.path().to_str().unwrap(), &id])
+                .ok();
+            let pid = husk.state(&id)["pid"].as_i64().unwrap();
+            let exe = format!("/proc/{pid}/exe");
+            let read_only = nix::sys::statvfs::statvfs(exe.as_str())
+                .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+            let same_binary = std::fs::metadata(&exe)
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .ok()
+                == std::fs::metadata(husk_e2e::husk_bin())
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .ok();
+            husk.husk(&["delete", "--force", &id]).ok();
+            check(read_only == Ok(true), || {
+                format!("{exe} is on a writable mount: {read_only:?}")
+            })?;
+            check(same_binary, || format!("{exe} is not husk's binary"))?;
+            check(leaks::mounts_matching(".husk-exe").is_empty(), || {
+                "scratch mount left in the mount table".into()
+            })?;
+            husk.assert_clean(&id)
+        }),
         ("lifecycle_create_start_state_kill_delete", |rootfs| {
             let rootfs = rootfs.path();
             let husk = Husk::container_default(rootfs);
