@@ -7,9 +7,11 @@
 
 pub mod config;
 pub mod container_id;
+pub mod hypervisor;
 pub mod isolation;
 pub mod logging;
 pub mod pidfile;
 pub mod shared_kernel;
 pub mod signal;
 pub mod units;
+pub mod vm_sandbox;

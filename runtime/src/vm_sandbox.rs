@@ -1,0 +1,558 @@
+//! VM isolation: one sandbox VM per container, booted by a [`Hypervisor`], with the
+//! container's rootfs shared over virtio-fs and the container run by husk-agent,
+//! driven over ttrpc on hybrid vsock.
+//!
+//! The sandbox keeps everything of the VM (sockets, logs, the shared directory with
+//! the rootfs bind-mounted into it) under one state directory and removes all of it,
+//! and every VM process, when dropped — also after errors.
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use husk_agent_protocol::agent as pb;
+use husk_agent_protocol::agent_ttrpc::{AgentClient, HealthClient};
+use husk_agent_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use serde_json::Value;
+
+use crate::hypervisor::{Accel, GuestArtifacts, Hypervisor, RunningVm, VmSpec, SHARED_FS_TAG};
+
+/// How long the agent gets to answer after the VMM starts (TCG boots in ~1.5 s here;
+/// a loaded machine can take much longer).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of ordinary agent calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The VMM gets this long to exit by itself after DestroySandbox.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Name of the rootfs inside the shared directory.
+const ROOTFS_NAME: &str = "rootfs";
+/// Signals a foreground `run` forwards to the container.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Errors of a VM sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum VmSandboxError {
+    #[error(transparent)]
+    Hypervisor(#[from] crate::hypervisor::HypervisorError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Sys { what: String, source: nix::Error },
+    /// The agent never answered.
+    #[error("the guest agent did not answer within {timeout:?} ({last}){console}")]
+    AgentTimeout {
+        timeout: Duration,
+        last: String,
+        console: String,
+    },
+    /// The VMM exited while the sandbox still needed it.
+    #[error("the VM exited unexpectedly ({status}) {when}{console}")]
+    VmExited {
+        status: String,
+        when: &'static str,
+        console: String,
+    },
+    /// An agent call failed.
+    #[error("agent {call} failed: {message}")]
+    Agent { call: &'static str, message: String },
+    /// The bundle's spec cannot be used in the guest.
+    #[error("config.json cannot be used in vm isolation: {0}")]
+    Spec(String),
+    /// A signal arrived before the container ran.
+    #[error("interrupted by {0} before the container started")]
+    Interrupted(Signal),
+}
+
+fn agent_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> VmSandboxError {
+    move |e| VmSandboxError::Agent {
+        call,
+        message: match e {
+            ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message),
+            other => other.to_string(),
+        },
+    }
+}
+
+fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
+    match timeout {
+        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
+        // 0: wait as long as it takes (WaitProcess, stream reads).
+        None => ttrpc::context::Context::default(),
+    }
+}
+
+/// Signals blocked in every thread of husk and read from a signalfd, so they can be
+/// forwarded to the container instead of killing husk (and leaking the VM).
+pub struct ForwardedSignals {
+    fd: SignalFd,
+    old: SigSet,
+}
+
+impl ForwardedSignals {
+    /// Blocks the forwarded signals in this thread (threads spawned later inherit the
+    /// mask; child processes get an empty mask from std's `Command`).
+    pub fn block() -> Result<Self, VmSandboxError> {
+        let mut set = SigSet::empty();
+        for s in FORWARDED {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+            .map_err(|source| VmSandboxError::Sys {
+                what: "block signals".into(),
+                source,
+            })?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|source| VmSandboxError::Sys {
+                what: "signalfd".into(),
+                source,
+            })?;
+        Ok(Self { fd, old })
+    }
+
+    /// A pending signal, if any.
+    pub fn pending(&self) -> Option<Signal> {
+        let info = self.fd.read_signal().ok()??;
+        Signal::try_from(info.ssi_signo as i32).ok()
+    }
+}
+
+impl Drop for ForwardedSignals {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
+    }
+}
+
+/// Rewrites a host OCI spec for the guest: host paths mean nothing there. Returns the
+/// spec and warnings about what was dropped.
+pub fn guest_spec(mut spec: Value) -> Result<(Value, Vec<String>), VmSandboxError> {
+    let mut dropped = Vec::new();
+    let obj = spec
+        .as_object_mut()
+        .ok_or_else(|| VmSandboxError::Spec("not a JSON object".into()))?;
+    if obj.remove("hooks").is_some() {
+        dropped.push("hooks (they name host programs)".to_string());
+    }
+    if let Some(Value::Array(mounts)) = obj.get_mut("mounts") {
+        mounts.retain(|m| {
+            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+                || m.get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| o.iter().any(|v| v == "bind" || v == "rbind"));
+            if is_bind {
+                dropped.push(format!(
+                    "bind mount of host path {} on {}",
+                    m.get("source").and_then(Value::as_str).unwrap_or("?"),
+                    m.get("destination").and_then(Value::as_str).unwrap_or("?")
+                ));
+            }
+            !is_bind
+        });
+    }
+    if let Some(process) = obj.get_mut("process").and_then(Value::as_object_mut) {
+        process.remove("apparmorProfile");
+        process.remove("selinuxLabel");
+    }
+    if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
+        // The agent picks the guest cgroup.
+        linux.remove("cgroupsPath");
+        linux.remove("mountLabel");
+        if let Some(Value::Array(namespaces)) = linux.get_mut("namespaces") {
+            for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(path) = ns.remove("path") {
+                    dropped.push(format!("namespace path {path} (a host namespace)"));
+                }
+            }
+        }
+    }
+    Ok((spec, dropped))
+}
+
+/// One booted sandbox VM with its agent connection.
+pub struct VmSandbox {
+    dir: PathBuf,
+    shared_rootfs: PathBuf,
+    mounted: bool,
+    console: PathBuf,
+    vm: Option<RunningVm>,
+    client: Option<ttrpc::Client>,
+    destroyed: bool,
+    /// VMM start to first health check answered.
+    pub boot_time: Duration,
+    pub accel: Accel,
+}
+
+/// What [`VmSandbox::boot`] needs.
+pub struct BootParams<'a> {
+    pub hypervisor: &'a dyn Hypervisor,
+    pub artifacts: GuestArtifacts,
+    /// The sandbox's state directory (created; removed on drop). Must not exist.
+    pub dir: PathBuf,
+    /// The container's rootfs on the host, shared with the guest.
+    pub rootfs: &'a Path,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub signals: Option<&'a ForwardedSignals>,
+}
+
+impl VmSandbox {
+    /// Boots the VM and waits for its agent.
+    pub fn boot(p: BootParams<'_>) -> Result<Self, VmSandboxError> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p.dir)
+            .map_err(|source| VmSandboxError::Io {
+                what: format!("create sandbox state dir {}", p.dir.display()),
+                source,
+            })?;
+        let shared = p.dir.join("shared");
+        let mut sandbox = Self {
+            shared_rootfs: shared.join(ROOTFS_NAME),
+            console: p.dir.join("console.log"),
+            dir: p.dir,
+            mounted: false,
+            vm: None,
+            client: None,
+            destroyed: false,
+            boot_time: Duration::ZERO,
+            accel: p.hypervisor.accel(),
+        };
+        let io = |what: String| move |source| VmSandboxError::Io { what, source };
+        std::fs::create_dir_all(&sandbox.shared_rootfs)
+            .map_err(io(format!("create {}", sandbox.shared_rootfs.display())))?;
+        // Share only the rootfs: bind it into an otherwise empty directory.
+        nix::mount::mount(
+            Some(p.rootfs),
+            &sandbox.shared_rootfs,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|source| VmSandboxError::Sys {
+            what: format!(
+                "bind {} into the shared directory {}",
+                p.rootfs.display(),
+                shared.display()
+            ),
+            source,
+        })?;
+        sandbox.mounted = true;
+        let vsock = sandbox.dir.join("vsock.sock");
+        let spec = VmSpec {
+            artifacts: p.artifacts,
+            shared_dir: shared,
+            state_dir: sandbox.dir.clone(),
+            vsock_socket: vsock.clone(),
+            memory_mib: p.memory_mib,
+            vcpus: p.vcpus,
+        };
+        let started = Instant::now();
+        sandbox.vm = Some(p.hypervisor.start(&spec)?);
+        let client = sandbox.connect(&vsock, started, p.signals)?;
+        sandbox.boot_time = started.elapsed();
+        sandbox.client = Some(client);
+        tracing::info!(
+            hypervisor = p.hypervisor.name(),
+            accel = %sandbox.accel,
+            boot_ms = sandbox.boot_time.as_millis() as u64,
+            "guest agent ready"
+        );
+        Ok(sandbox)
+    }
+
+    /// The pids of the VM's host processes, the VMM first.
+    pub fn pids(&self) -> Vec<u32> {
+        self.vm.as_ref().map(RunningVm::pids).unwrap_or_default()
+    }
+
+    /// The guest console log so far (for error reports).
+    pub fn console_log(&self) -> String {
+        console_tail(&self.console)
+    }
+
+    fn vm_gone(&mut self, when: &'static str) -> Option<VmSandboxError> {
+        let status = self.vm.as_mut()?.vmm_exited()?;
+        Some(VmSandboxError::VmExited {
+            status: status.to_string(),
+            when,
+            console: format!("\n{}", self.console_log()),
+        })
+    }
+
+    fn connect(
+        &mut self,
+        vsock: &Path,
+        started: Instant,
+        signals: Option<&ForwardedSignals>,
+    ) -> Result<ttrpc::Client, VmSandboxError> {
+        let mut last = String::from("no attempt");
+        while started.elapsed() < AGENT_TIMEOUT {
+            if let Some(err) = self.vm_gone("while booting") {
+                return Err(err);
+            }
+            if let Some(sig) = signals.and_then(ForwardedSignals::pending) {
+                return Err(VmSandboxError::Interrupted(sig));
+            }
+            match hybrid_vsock::connect_ttrpc(vsock, AGENT_VSOCK_PORT, Duration::from_secs(5)) {
+                Ok(client) => {
+                    let health = HealthClient::new(client.clone());
+                    match health.check(ctx(Some(CALL_TIMEOUT)), &pb::CheckRequest::new()) {
+                        Ok(_) => return Ok(client),
+                        Err(e) => last = format!("health check: {e}"),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(VmSandboxError::AgentTimeout {
+            timeout: AGENT_TIMEOUT,
+            last,
+            console: format!("\n{}", self.console_log()),
+        })
+    }
+
+    fn agent(&self) -> AgentClient {
+        AgentClient::new(self.client.clone().expect("connected sandbox"))
+    }
+
+    /// Creates and starts the container from a guest spec (see [`guest_spec`]).
+    pub fn create_and_start(
+        &mut self,
+        sandbox_id: &str,
+        container_id: &str,
+        spec: &Value,
+    ) -> Result<(), VmSandboxError> {
+        let agent = self.agent();
+        let mut sb = pb::CreateSandboxRequest::new();
+        sb.sandbox_id = sandbox_id.into();
+        sb.hostname = spec
+            .get("hostname")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .into();
+        sb.shared_fs_tag = SHARED_FS_TAG.into();
+        agent
+            .create_sandbox(ctx(Some(CALL_TIMEOUT)), &sb)
+            .map_err(agent_err("CreateSandbox"))?;
+        let mut req = pb::CreateContainerRequest::new();
+        req.container_id = container_id.into();
+        req.oci_spec_json =
+            serde_json::to_vec(spec).map_err(|e| VmSandboxError::Spec(e.to_string()))?;
+        req.rootfs = ROOTFS_NAME.into();
+        agent
+            .create_container(ctx(Some(CALL_TIMEOUT)), &req)
+            .map_err(agent_err("CreateContainer"))?;
+        let mut start = pb::StartContainerRequest::new();
+        start.container_id = container_id.into();
+        agent
+            .start_container(ctx(Some(CALL_TIMEOUT)), &start)
+            .map_err(agent_err("StartContainer"))?;
+        Ok(())
+    }
+
+    /// Relays the container's stdout/stderr to ours, forwards `signals` to it, and
+    /// returns its exit status (128+N if killed by signal N). Fails if the VM dies.
+    pub fn wait_foreground(
+        &mut self,
+        container_id: &str,
+        signals: Option<&ForwardedSignals>,
+    ) -> Result<i32, VmSandboxError> {
+        enum Event {
+            Exited(Result<i32, VmSandboxError>),
+            StreamDone,
+        }
+        let agent = self.agent();
+        let (tx, rx) = mpsc::channel();
+        for stderr in [false, true] {
+            let agent = agent.clone();
+            let tx = tx.clone();
+            let id = container_id.to_string();
+            std::thread::spawn(move || {
+                relay(&agent, &id, stderr);
+                let _ = tx.send(Event::StreamDone);
+            });
+        }
+        {
+            let agent = agent.clone();
+            let id = container_id.to_string();
+            std::thread::spawn(move || {
+                let mut w = pb::WaitProcessRequest::new();
+                w.container_id = id;
+                let r = agent
+                    .wait_process(ctx(None), &w)
+                    .map(|r| r.status)
+                    .map_err(agent_err("WaitProcess"));
+                let _ = tx.send(Event::Exited(r));
+            });
+        }
+        let mut streams_open = 2;
+        let status = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Event::Exited(r)) => break r?,
+                Ok(Event::StreamDone) => streams_open -= 1,
+                Err(_) => {}
+            }
+            if let Some(err) = self.vm_gone("while the container ran") {
+                return Err(err);
+            }
+            while let Some(sig) = signals.and_then(ForwardedSignals::pending) {
+                tracing::debug!(?sig, "forwarding signal to the container");
+                let mut s = pb::SignalProcessRequest::new();
+                s.container_id = container_id.into();
+                s.signal = sig as u32;
+                if let Err(e) = agent.signal_process(ctx(Some(CALL_TIMEOUT)), &s) {
+                    tracing::warn!(?sig, error = %e, "cannot forward signal");
+                }
+            }
+        };
+        // The process is gone; its output may still be in flight (or held open by
+        // a child it left behind: do not wait for that forever).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while streams_open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Event::StreamDone) => streams_open -= 1,
+                Ok(Event::Exited(_)) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(status)
+    }
+
+    /// Tears the sandbox down: DestroySandbox (the agent removes the containers and
+    /// resets the VM), then stops the VM processes, unmounts and removes the state
+    /// directory. Idempotent; also run on drop.
+    pub fn destroy(&mut self) {
+        if self.destroyed {
+            return;
+        }
+        self.destroyed = true;
+        let vm_alive = self.vm.as_mut().is_some_and(|vm| vm.vmm_exited().is_none());
+        let mut grace = Duration::ZERO;
+        if let (Some(client), true) = (self.client.take(), vm_alive) {
+            let agent = AgentClient::new(client);
+            let mut d = pb::DestroySandboxRequest::new();
+            d.sandbox_id = "husk".into();
+            match agent.destroy_sandbox(ctx(Some(Duration::from_secs(10))), &d) {
+                Ok(_) => grace = STOP_GRACE,
+                Err(e) => tracing::warn!(error = %e, "DestroySandbox failed; killing the VM"),
+            }
+        }
+        if let Some(mut vm) = self.vm.take() {
+            vm.stop(grace);
+        }
+        if self.mounted {
+            if let Err(e) =
+                nix::mount::umount2(&self.shared_rootfs, nix::mount::MntFlags::MNT_DETACH)
+            {
+                tracing::warn!(error = %e, path = %self.shared_rootfs.display(), "cannot unmount the shared rootfs");
+            } else {
+                self.mounted = false;
+            }
+        }
+        if self.mounted {
+            // Never recurse into a still-mounted rootfs.
+            tracing::error!(dir = %self.dir.display(), "leaving the sandbox dir: rootfs still mounted");
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove the sandbox dir");
+        }
+    }
+}
+
+impl Drop for VmSandbox {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+/// Copies one stream of the container's init to ours until end of stream.
+fn relay(agent: &AgentClient, id: &str, stderr: bool) {
+    loop {
+        let mut r = pb::ReadStreamRequest::new();
+        r.container_id = id.into();
+        r.len = 64 * 1024;
+        let chunk = if stderr {
+            agent.read_stderr(ctx(None), &r)
+        } else {
+            agent.read_stdout(ctx(None), &r)
+        };
+        let data = match chunk {
+            Ok(c) if !c.data.is_empty() => c.data,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, stderr, "stream relay ended");
+                return;
+            }
+        };
+        let written = if stderr {
+            let mut out = std::io::stderr().lock();
+            out.write_all(&data).and_then(|()| out.flush())
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data).and_then(|()| out.flush())
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// The last 64 KiB of the guest console, framed for an error message.
+pub fn console_tail(path: &Path) -> String {
+    const MAX: usize = 64 * 1024;
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(MAX);
+    format!(
+        "----- guest console ({}) -----\n{}\n----- end of guest console -----",
+        path.display(),
+        String::from_utf8_lossy(&text[start..]).trim_end()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn guest_spec_drops_host_only_parts() {
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "hooks": {"prestart": [{"path": "/usr/bin/x"}]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts"},
+                {"destination": "/data", "source": "/srv", "options": ["rbind", "ro"]}
+            ],
+            "process": {"args": ["true"], "apparmorProfile": "docker-default"},
+            "linux": {
+                "cgroupsPath": "/docker/abc",
+                "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]
+            }
+        });
+        let (out, dropped) = guest_spec(spec).unwrap();
+        assert!(out.get("hooks").is_none());
+        assert_eq!(out["mounts"].as_array().unwrap().len(), 1);
+        assert!(out["linux"].get("cgroupsPath").is_none());
+        assert!(out["linux"]["namespaces"][1].get("path").is_none());
+        assert!(out["process"].get("apparmorProfile").is_none());
+        assert_eq!(dropped.len(), 4, "{dropped:?}");
+    }
+}
