@@ -28,6 +28,8 @@ pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The VMM gets this long to exit by itself after DestroySandbox.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lines of guest console quoted in errors (the whole log goes to the debug log).
+const CONSOLE_LINES: usize = 40;
 /// Name of the rootfs inside the shared directory.
 const ROOTFS_NAME: &str = "rootfs";
 /// Signals a foreground `run` forwards to the container.
@@ -279,9 +281,9 @@ impl VmSandbox {
         self.vm.as_ref().map(RunningVm::pids).unwrap_or_default()
     }
 
-    /// The guest console log so far (for error reports).
+    /// The end of the guest console log so far (for error reports).
     pub fn console_log(&self) -> String {
-        console_tail(&self.console)
+        console_tail(&self.console, CONSOLE_LINES)
     }
 
     fn vm_gone(&mut self, when: &'static str) -> Option<VmSandboxError> {
@@ -456,6 +458,13 @@ impl VmSandbox {
         if let Some(mut vm) = self.vm.take() {
             vm.stop(grace);
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let console = std::fs::read(&self.console).unwrap_or_default();
+            tracing::debug!(
+                console = %String::from_utf8_lossy(&console),
+                "guest console of the sandbox"
+            );
+        }
         if self.mounted {
             if let Err(e) =
                 nix::mount::umount2(&self.shared_rootfs, nix::mount::MntFlags::MNT_DETACH)
@@ -514,16 +523,28 @@ fn relay(agent: &AgentClient, id: &str, stderr: bool) {
     }
 }
 
-/// The last 64 KiB of the guest console, framed for an error message.
-pub fn console_tail(path: &Path) -> String {
-    const MAX: usize = 64 * 1024;
+/// The last `lines` lines of the guest console, framed for an error message.
+pub fn console_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(MAX);
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    let start = all.len().saturating_sub(lines);
     format!(
-        "----- guest console ({}) -----\n{}\n----- end of guest console -----",
+        "----- guest console ({}, last {} lines) -----\n{}\n----- end of guest console -----",
         path.display(),
-        String::from_utf8_lossy(&text[start..]).trim_end()
+        all.len() - start,
+        all[start..].join("\n")
     )
+}
+
+impl VmSandboxError {
+    /// Whether the message already carries the guest console.
+    pub fn has_console(&self) -> bool {
+        matches!(
+            self,
+            VmSandboxError::AgentTimeout { .. } | VmSandboxError::VmExited { .. }
+        )
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ pub const DEFAULT_VCPUS: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
     /// The built-in VMM exists (`husk-vmm`) but the runtime cannot drive it yet.
-    #[error("the builtin backend (husk-vmm) is not wired into the runtime yet; use --hypervisor qemu (or auto)")]
+    #[error(
+        "builtin backend not wired into the runtime yet (husk-vmm); use --hypervisor qemu or auto"
+    )]
     BuiltinNotWired,
     /// A program the backend needs is not installed.
     #[error("{program} not found ({hint})")]
@@ -310,13 +312,22 @@ pub trait Hypervisor {
     fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError>;
 }
 
+/// A device back-end process of a VM.
+pub struct Helper {
+    pub name: &'static str,
+    pub child: Child,
+    /// Whether it leaves by itself once the VMM disconnects (virtiofsd does;
+    /// vhost-device-vsock waits for a new VMM and ignores SIGTERM: it is killed).
+    pub exits_with_vmm: bool,
+}
+
 /// The host processes of one running sandbox VM: the VMM and its helpers.
 pub struct RunningVm {
     /// The VMM process (its exit is the VM's exit).
     vmm: Child,
     vmm_name: &'static str,
     /// Device back-ends (virtiofsd, vhost-device-vsock), stopped after the VMM.
-    helpers: Vec<(&'static str, Child)>,
+    helpers: Vec<Helper>,
     vmm_status: Option<std::process::ExitStatus>,
 }
 
@@ -329,7 +340,7 @@ impl RunningVm {
     /// Every pid of this VM, the VMM first.
     pub fn pids(&self) -> Vec<u32> {
         std::iter::once(self.vmm.id())
-            .chain(self.helpers.iter().map(|(_, c)| c.id()))
+            .chain(self.helpers.iter().map(|h| h.child.id()))
             .collect()
     }
 
@@ -357,15 +368,19 @@ impl RunningVm {
             let _ = self.vmm.kill();
             self.vmm_status = self.vmm.wait().ok();
         }
-        // virtiofsd leaves by itself once the VMM disconnects; give it a moment, then
-        // terminate the rest.
+        // Helpers that leave by themselves get a moment; the rest are killed.
         let deadline = Instant::now() + Duration::from_millis(500);
-        for (name, child) in &mut self.helpers {
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if child.try_wait().ok().flatten().is_none() {
-                terminate(name, child);
+        for h in &mut self.helpers {
+            if h.exits_with_vmm {
+                while h.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if h.child.try_wait().ok().flatten().is_none() {
+                    terminate(h.name, &mut h.child);
+                }
+            } else {
+                let _ = h.child.kill();
+                let _ = h.child.wait();
             }
         }
     }
@@ -377,9 +392,10 @@ impl Drop for RunningVm {
             let _ = self.vmm.kill();
             let _ = self.vmm.wait();
         }
-        for (name, child) in &mut self.helpers {
-            if child.try_wait().ok().flatten().is_none() {
-                terminate(name, child);
+        for h in &mut self.helpers {
+            if h.child.try_wait().ok().flatten().is_none() {
+                let _ = h.child.kill();
+                let _ = h.child.wait();
             }
         }
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{detect_kvm, Accel, Hypervisor, HypervisorError, KvmKind, RunningVm, VmSpec};
+use super::{detect_kvm, Accel, Helper, Hypervisor, HypervisorError, KvmKind, RunningVm, VmSpec};
 
 const QEMU: &str = "qemu-system-x86_64";
 const VIRTIOFSD: &str = "virtiofsd";
@@ -178,10 +178,10 @@ fn wait_for_socket(
 }
 
 /// Kills and reaps helpers started before a failure.
-fn abandon(helpers: Vec<(&'static str, Child)>) {
-    for (_, mut child) in helpers {
-        let _ = child.kill();
-        let _ = child.wait();
+fn abandon(helpers: Vec<Helper>) {
+    for mut h in helpers {
+        let _ = h.child.kill();
+        let _ = h.child.wait();
     }
 }
 
@@ -202,7 +202,7 @@ impl Hypervisor for Qemu {
         let dir = &spec.state_dir;
         let vsock_vhost = dir.join("vhost-vsock.sock");
         let fs_vhost = dir.join("virtiofs.sock");
-        let mut helpers: Vec<(&'static str, Child)> = Vec::new();
+        let mut helpers: Vec<Helper> = Vec::new();
 
         let vsock_log = dir.join("vhost-device-vsock.log");
         let mut vsock = spawn(
@@ -218,7 +218,11 @@ impl Hypervisor for Qemu {
             &vsock_log,
         )?;
         let waited = wait_for_socket(VHOST_VSOCK, &mut vsock, &vsock_vhost, &vsock_log);
-        helpers.push((VHOST_VSOCK, vsock));
+        helpers.push(Helper {
+            name: VHOST_VSOCK,
+            child: vsock,
+            exits_with_vmm: false,
+        });
         if let Err(e) = waited {
             abandon(helpers);
             return Err(e);
@@ -246,7 +250,11 @@ impl Hypervisor for Qemu {
             }
         };
         let waited = wait_for_socket(VIRTIOFSD, &mut fs, &fs_vhost, &fs_log);
-        helpers.push((VIRTIOFSD, fs));
+        helpers.push(Helper {
+            name: VIRTIOFSD,
+            child: fs,
+            exits_with_vmm: true,
+        });
         if let Err(e) = waited {
             abandon(helpers);
             return Err(e);
