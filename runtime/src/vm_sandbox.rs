@@ -30,6 +30,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of guest console quoted in errors (the whole log goes to the debug log).
 const CONSOLE_LINES: usize = 40;
+/// What husk-agent logs on the console once it serves.
+const AGENT_READY: &[u8] = b"husk-agent ready on vsock";
 /// Name of the rootfs inside the shared directory.
 const ROOTFS_NAME: &str = "rootfs";
 /// Signals a foreground `run` forwards to the container.
@@ -295,6 +297,30 @@ impl VmSandbox {
         })
     }
 
+    /// Like `vm_gone`, waiting up to `grace` for the VMM to be seen exiting.
+    fn vm_gone_within(&mut self, grace: Duration) -> Option<VmSandboxError> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(err) = self.vm_gone("while the container ran") {
+                return Some(err);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the agent has logged that it serves (on the serial console). The first
+    /// hybrid-vsock CONNECT waits for this: a connection request that reaches
+    /// vhost-device-vsock before the guest driver is up can wedge the device (seen
+    /// here under load: every later CONNECT then timed out although the agent ran).
+    fn agent_logged_ready(&self) -> bool {
+        std::fs::read(&self.console)
+            .map(|c| c.windows(AGENT_READY.len()).any(|w| w == AGENT_READY))
+            .unwrap_or(false)
+    }
+
     fn connect(
         &mut self,
         vsock: &Path,
@@ -308,6 +334,11 @@ impl VmSandbox {
             }
             if let Some(sig) = signals.and_then(ForwardedSignals::pending) {
                 return Err(VmSandboxError::Interrupted(sig));
+            }
+            if !self.agent_logged_ready() {
+                last = "the agent has not logged ready on the console yet".into();
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
             match hybrid_vsock::connect_ttrpc(vsock, AGENT_VSOCK_PORT, Duration::from_secs(5)) {
                 Ok(client) => {
@@ -405,7 +436,11 @@ impl VmSandbox {
         let mut streams_open = 2;
         let status = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Event::Exited(r)) => break r?,
+                Ok(Event::Exited(Ok(status))) => break status,
+                Ok(Event::Exited(Err(e))) => {
+                    // A dead VMM drops the agent connection: name the real cause.
+                    return Err(self.vm_gone_within(Duration::from_millis(500)).unwrap_or(e));
+                }
                 Ok(Event::StreamDone) => streams_open -= 1,
                 Err(_) => {}
             }
@@ -459,11 +494,18 @@ impl VmSandbox {
             vm.stop(grace);
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let console = std::fs::read(&self.console).unwrap_or_default();
-            tracing::debug!(
-                console = %String::from_utf8_lossy(&console),
-                "guest console of the sandbox"
-            );
+            for log in [
+                "console.log",
+                "qemu.log",
+                "virtiofsd.log",
+                "vhost-device-vsock.log",
+            ] {
+                let text = std::fs::read(self.dir.join(log)).unwrap_or_default();
+                tracing::debug!(
+                    text = %String::from_utf8_lossy(&text),
+                    "sandbox log {log}"
+                );
+            }
         }
         if self.mounted {
             if let Err(e) =

@@ -97,8 +97,14 @@ pub fn run_foreground(
         .create_and_start(id, id, &guest_spec)
         .and_then(|()| sandbox.wait_foreground(id, Some(&signals)));
     let result = result.map_err(|e| {
-        let console = sandbox.console_log();
-        anyhow!(e).context(format!("container {id} in vm isolation failed\n{console}"))
+        if e.has_console() {
+            anyhow!("container {id} in vm isolation failed: {e}")
+        } else {
+            anyhow!(
+                "container {id} in vm isolation failed: {e}\n{}",
+                sandbox.console_log()
+            )
+        }
     });
     sandbox.destroy();
     drop(signals);
