@@ -387,6 +387,8 @@ impl VmSandbox {
         req.oci_spec_json =
             serde_json::to_vec(spec).map_err(|e| VmSandboxError::Spec(e.to_string()))?;
         req.rootfs = ROOTFS_NAME.into();
+        // The container's stdin is husk's (relayed by `wait_foreground`).
+        req.stdin = true;
         agent
             .create_container(ctx(Some(CALL_TIMEOUT)), &req)
             .map_err(agent_err("CreateContainer"))?;
@@ -419,6 +421,12 @@ impl VmSandbox {
                 relay(&agent, &id, stderr);
                 let _ = tx.send(Event::StreamDone);
             });
+        }
+        {
+            // Never joined: it may block reading a terminal after the container exits.
+            let agent = agent.clone();
+            let id = container_id.to_string();
+            std::thread::spawn(move || relay_stdin(&agent, &id));
         }
         {
             let agent = agent.clone();
@@ -530,6 +538,42 @@ impl VmSandbox {
 impl Drop for VmSandbox {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+/// Copies our stdin to the container's init until end of file, then closes its stdin.
+fn relay_stdin(agent: &AgentClient, id: &str) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let mut w = pb::WriteStreamRequest::new();
+            w.container_id = id.into();
+            w.data = data.to_vec();
+            match agent.write_stdin(ctx(None), &w) {
+                Ok(r) if r.len > 0 => data = &data[(r.len as usize).min(data.len())..],
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "stdin relay ended");
+                    return;
+                }
+            }
+        }
+    }
+    let mut c = pb::CloseStdinRequest::new();
+    c.container_id = id.into();
+    if let Err(e) = agent.close_stdin(ctx(Some(CALL_TIMEOUT)), &c) {
+        tracing::debug!(error = %e, "CloseStdin");
     }
 }
 

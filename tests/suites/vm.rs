@@ -194,6 +194,22 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             )?;
             husk.assert_clean(&id)
         }),
+        ("stdin_is_relayed", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-stdin");
+            let bundle = husk.bundle(&["sh", "-c", "read line; echo got:$line; cat | wc -c"]);
+            let mut command = husk.command();
+            command
+                .args(["--isolation", "vm", "run", "--bundle"])
+                .arg(bundle.path())
+                .arg(&id);
+            let out = cmd::run_with_stdin(&mut command, Some(b"typed\nabc"), TIMEOUT);
+            husk.expect(
+                out.code == 0 && out.stdout.contains("got:typed") && out.stdout.contains('3'),
+                || format!("stdin not relayed (or not closed at EOF): {out:?}"),
+            )?;
+            husk.assert_clean(&id)
+        }),
         ("sigterm_is_forwarded_to_the_container", |env| {
             let husk = Husk::new(env);
             let id = unique("vm-sig");
