@@ -226,7 +226,8 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 .arg(bundle.path())
                 .arg(&id)
                 .stdin(Stdio::null())
-                .stdout(stdout);
+                .stdout(stdout)
+                .stderr(std::fs::File::create(husk.dir.path().join("stderr")).unwrap());
             let child = Background::spawn(&mut command);
             let ready = cmd::wait_until(TIMEOUT, || {
                 std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
