@@ -76,6 +76,9 @@ pub enum VmSandboxError {
     /// The bundle's spec cannot be used in the guest.
     #[error("config.json cannot be used in vm isolation: {0}")]
     Spec(String),
+    /// The sandbox is still run by a live husk.
+    #[error("{0}")]
+    Busy(String),
     /// A signal arrived before the container ran.
     #[error("interrupted by {0} before the container started")]
     Interrupted(Signal),
@@ -223,6 +226,16 @@ impl VmSandbox {
                 what: format!("create sandbox state dir {}", p.dir.display()),
                 source,
             })?;
+        // The marker first, before anything is mounted: `husk delete` recognises a
+        // sandbox by it and never recurses into a directory holding the rootfs.
+        write_marker(&p.dir, &[]).map_err(|source| {
+            // Nothing is mounted yet: the directory can simply go.
+            let _ = std::fs::remove_dir_all(&p.dir);
+            VmSandboxError::Io {
+                what: format!("write {}", p.dir.join(MARKER).display()),
+                source,
+            }
+        })?;
         let shared = p.dir.join("shared");
         let mut sandbox = Self {
             shared_rootfs: shared.join(ROOTFS_NAME),
@@ -265,7 +278,13 @@ impl VmSandbox {
             vcpus: p.vcpus,
         };
         let started = Instant::now();
-        sandbox.vm = Some(p.hypervisor.start(&spec)?);
+        let vm = p.hypervisor.start(&spec)?;
+        let pids = vm.pids();
+        sandbox.vm = Some(vm);
+        write_marker(&sandbox.dir, &pids).map_err(|source| VmSandboxError::Io {
+            what: format!("write {}", sandbox.dir.join(MARKER).display()),
+            source,
+        })?;
         let client = sandbox.connect(&vsock, started, p.signals)?;
         sandbox.boot_time = started.elapsed();
         sandbox.client = Some(client);
@@ -529,7 +548,7 @@ impl VmSandbox {
             tracing::error!(dir = %self.dir.display(), "leaving the sandbox dir: rootfs still mounted");
             return;
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        if let Err(e) = remove_sandbox_dir(&self.dir) {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove the sandbox dir");
         }
     }
@@ -539,6 +558,116 @@ impl Drop for VmSandbox {
     fn drop(&mut self) {
         self.destroy();
     }
+}
+
+/// The file that marks a directory as a VM sandbox's state: `{"husk_pid", "pids"}`.
+pub const MARKER: &str = "sandbox.json";
+
+fn write_marker(dir: &Path, pids: &[u32]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    let body = serde_json::json!({ "husk_pid": std::process::id(), "pids": pids });
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(&tmp, dir.join(MARKER))
+}
+
+/// Whether `dir` is (or was) a VM sandbox's state directory.
+pub fn is_sandbox_dir(dir: &Path) -> bool {
+    dir.join(MARKER).is_file()
+}
+
+/// Whether `pid` runs and its command line mentions `needle` (guards against pid reuse).
+fn alive_mentioning(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+        .unwrap_or(false)
+}
+
+/// Removes a sandbox state directory without ever recursing into the rootfs bind
+/// mount: the shared directory is removed with `remove_dir`, which fails on a
+/// non-empty (still mounted) rootfs.
+fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
+    let shared = dir.join("shared");
+    for d in [shared.join(ROOTFS_NAME), shared.clone()] {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e} (still mounted?)", d.display()),
+                ))
+            }
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "unexpected directory {} in a sandbox dir",
+                entry.path().display()
+            )));
+        }
+        std::fs::remove_file(entry.path())?;
+    }
+    std::fs::remove_dir(dir)
+}
+
+/// Cleans up what a sandbox whose husk died (e.g. SIGKILL) left in `dir`: its VM
+/// processes, the rootfs bind mount, the state. If the husk running it is alive, that
+/// is an error unless `force`, which kills it first.
+pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxError> {
+    let io = |what: String| move |source| VmSandboxError::Io { what, source };
+    let text = std::fs::read_to_string(dir.join(MARKER))
+        .map_err(io(format!("read {}", dir.join(MARKER).display())))?;
+    let marker: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let husk_pid = marker["husk_pid"].as_u64().unwrap_or(0) as u32;
+    if husk_pid != 0 && husk_pid != std::process::id() && alive_mentioning(husk_pid, id) {
+        if !force {
+            return Err(VmSandboxError::Busy(format!(
+                "it is running in vm isolation under husk pid {husk_pid}; signal that \
+                 process or use --force"
+            )));
+        }
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(husk_pid as i32), Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive_mentioning(husk_pid, id) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let needle = dir.to_string_lossy().into_owned();
+    let pids: Vec<u32> = marker["pids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    for &pid in &pids {
+        if alive_mentioning(pid, &needle) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive_mentioning(p, &needle)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rootfs = dir.join("shared").join(ROOTFS_NAME);
+    if rootfs.exists() {
+        // EINVAL: not mounted (any more).
+        match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(source) => {
+                return Err(VmSandboxError::Sys {
+                    what: format!("unmount {}", rootfs.display()),
+                    source,
+                })
+            }
+        }
+    }
+    remove_sandbox_dir(dir).map_err(io(format!("remove {}", dir.display())))
 }
 
 /// Copies our stdin to the container's init until end of file, then closes its stdin.

@@ -290,6 +290,44 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             )?;
             husk.assert_clean(&id)
         }),
+        ("delete_cleans_up_after_a_killed_husk", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-kill9");
+            let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 600"]);
+            let stdout_path = husk.dir.path().join("stdout");
+            let mut command = husk.command();
+            command
+                .args(["--isolation", "vm", "run", "--bundle"])
+                .arg(bundle.path())
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&stdout_path).unwrap())
+                .stderr(Stdio::null());
+            let child = Background::spawn(&mut command);
+            let ready = cmd::wait_until(TIMEOUT, || {
+                std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
+            });
+            husk.expect(ready, || "the container never printed ready".into())?;
+            // A live sandbox is not deleted without --force.
+            husk.husk(&["delete", &id])
+                .fails_with("running in vm isolation");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            child.wait(TIMEOUT);
+            // PR_SET_PDEATHSIG takes the VM processes down with husk.
+            let gone = cmd::wait_until(Duration::from_secs(10), || {
+                leaks::processes_mentioning(&husk.state_root().to_string_lossy()).is_empty()
+            });
+            husk.expect(gone, || "VM processes outlived a SIGKILLed husk".into())?;
+            husk.husk(&["delete", &id]).ok();
+            husk.expect(env.rootfs.path().join("bin/busybox").is_file(), || {
+                "delete removed the shared rootfs".into()
+            })?;
+            husk.assert_clean(&id)
+        }),
         ("unusable_vm_is_a_clear_error_never_a_downgrade", |env| {
             let husk = Husk::new(env);
             let id = unique("vm-refuse");
