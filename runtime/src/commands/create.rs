@@ -179,7 +179,9 @@ pub fn create_container(
 /// Removes whatever a failed create left: the init process, its cgroup, the state dir.
 pub fn remove_failed_container(root: &Path, id: &str) {
     let dir = shared_kernel::container_dir(root, id);
-    if !dir.exists() {
+    // Another husk's VM sandbox of the same id (it won a race for the id): never
+    // touch it, its rootfs is bind-mounted inside.
+    if !dir.exists() || husk_runtime::vm_sandbox::is_sandbox_dir(&dir) {
         return;
     }
     if let Ok(mut container) = shared_kernel::open(root, id, Access::Exclusive) {
