@@ -402,11 +402,41 @@ fn guest_artifacts() -> (PathBuf, PathBuf) {
     (find("kernel="), find("initramfs="))
 }
 
+/// The vhost-user helpers, cargo-installed into $HUSK_CACHE/bin when missing, exactly
+/// as tests/guest/boot_test.sh does (`make e2e` runs before `make test-guest`).
+fn ensure_helpers() {
+    let cache = std::env::var_os("HUSK_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME or HUSK_CACHE")).join(".cache/husk")
+        });
+    for (name, version) in [("vhost-device-vsock", "0.3.0"), ("virtiofsd", "1.14.0")] {
+        if cache.join("bin").join(name).is_file() || husk_e2e::which(name).is_some() {
+            continue;
+        }
+        eprintln!(
+            "vm suite: installing {name} {version} into {}/bin (a few minutes)",
+            cache.display()
+        );
+        let status = Command::new("cargo")
+            .args(["install", "--locked", name, "--version", version, "--root"])
+            .arg(&cache)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo install {name}: {e}"));
+        assert!(
+            status.success(),
+            "cargo install {name} failed (virtiofsd needs libcap-ng-dev and libseccomp-dev)"
+        );
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     husk_e2e::require_root("vm");
     husk_e2e::require_program("qemu-system-x86_64");
     let (kernel, initramfs) = guest_artifacts();
+    ensure_helpers();
     let env = Arc::new(Env {
         rootfs: Rootfs::busybox(),
         kernel,
