@@ -51,8 +51,11 @@ pub fn run(_args: CheckArgs, global: &GlobalOpts) -> Result<i32> {
             hv.accel()
         ),
         Err(e) => {
-            println!("backend:            none");
-            problems.push(e.to_string());
+            println!("backend:            none ({e})");
+            // A missing program is already listed above.
+            if !matches!(e, hypervisor::HypervisorError::MissingProgram { .. }) {
+                problems.push(e.to_string());
+            }
         }
     }
     if problems.is_empty() {
