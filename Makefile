@@ -32,7 +32,8 @@ unit-test: setup
 	$(CARGO) test $(CARGO_PROFILE) --workspace --exclude husk-e2e --exclude husk-benches --exclude husk-vmm
 
 # End-to-end suites against the real husk binary and real engines (root needed).
-e2e: build
+# guest-artifacts (mk/guest.mk): the vm suite boots the guest kernel and initramfs.
+e2e: build guest-artifacts
 	$(CARGO) test $(CARGO_PROFILE) -p husk-e2e
 
 demo: build

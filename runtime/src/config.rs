@@ -32,6 +32,28 @@ pub enum ConfigError {
 pub struct Config {
     #[serde(default)]
     pub isolation: IsolationConfig,
+    #[serde(default)]
+    pub vm: VmConfig,
+}
+
+/// The `[vm]` table: how sandbox VMs are booted.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The guest kernel (an uncompressed vmlinux with a PVH entry). Unset: the newest
+    /// `$HUSK_CACHE/kernel/*/vmlinux` (`~/.cache/husk` without HUSK_CACHE).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs whose /init is husk-agent. Unset: the newest
+    /// `$HUSK_CACHE/initramfs/*/initramfs.cpio`.
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Guest memory in MiB (default 256).
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// Guest vCPUs (default 1).
+    #[serde(default)]
+    pub vcpus: Option<u32>,
 }
 
 /// The `[isolation]` table.
@@ -110,6 +132,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("chroot"), "{err}");
+    }
+
+    #[test]
+    fn parses_vm_table() {
+        let config = Config::parse(
+            "[vm]\nkernel = \"/k/vmlinux\"\ninitramfs = \"/i.cpio\"\nmemory_mib = 512\nvcpus = 2\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(config.vm.kernel.as_deref(), Some(Path::new("/k/vmlinux")));
+        assert_eq!(config.vm.initramfs.as_deref(), Some(Path::new("/i.cpio")));
+        assert_eq!(config.vm.memory_mib, Some(512));
+        assert_eq!(config.vm.vcpus, Some(2));
+        let err = Config::parse("[vm]\nkernal = \"/k\"\n", Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kernal"), "{err}");
     }
 
     #[test]

@@ -149,6 +149,7 @@ mod tests {
                 default: Some(default),
                 allow_annotation,
             },
+            ..Default::default()
         }
     }
 

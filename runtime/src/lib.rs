@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod container_id;
+pub mod hypervisor;
 pub mod isolation;
 pub mod logging;
 pub mod pidfile;
@@ -14,3 +15,4 @@ pub mod protected_exe;
 pub mod shared_kernel;
 pub mod signal;
 pub mod units;
+pub mod vm_sandbox;

@@ -17,6 +17,11 @@ use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Operator config under which vm isolation cannot be provided (no guest kernel), so
+/// a workload that gets vm isolation must fail: this suite never boots a VM
+/// (tests/suites/vm.rs does).
+const NO_GUEST_KERNEL: &str = "[vm]\nkernel = \"/nonexistent/husk-guest-vmlinux\"\n";
+
 /// One test's private runtime root and operator config.
 struct Husk {
     root: tempfile::TempDir,
@@ -373,8 +378,9 @@ fn cases() -> Vec<Case> {
         }),
         ("vm_isolation_is_refused_never_downgraded", |rootfs| {
             let rootfs = rootfs.path();
-            // No operator config, no flag: vm is the default and cannot be met yet.
-            let husk = Husk::new(rootfs, "");
+            // No isolation config, no flag: vm is the default, and it cannot be met
+            // here (no guest kernel), so the run must fail rather than use the host's.
+            let husk = Husk::new(rootfs, NO_GUEST_KERNEL);
             let marker_dir = tempfile::tempdir().unwrap();
             let mut bundle = husk.bundle(&["touch", "/mark/ran"]);
             bundle.config["mounts"].as_array_mut().unwrap().push(json!({
@@ -418,7 +424,10 @@ fn cases() -> Vec<Case> {
             );
             lenient.husk(&["run", "-b", b, &id]).ok();
             // A workload asking for vm gets vm even where the operator default is container.
-            let containers = Husk::container_default(rootfs);
+            let containers = Husk::new(
+                rootfs,
+                &format!("[isolation]\ndefault = \"container\"\n{NO_GUEST_KERNEL}"),
+            );
             bundle.config["annotations"] = json!({ "io.husk.isolation": "vm" });
             bundle.write();
             containers

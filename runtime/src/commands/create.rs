@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use husk_runtime::container_id;
-use husk_runtime::isolation::{Isolation, IsolationPolicy};
+use husk_runtime::isolation::{Isolation, IsolationDecision, IsolationPolicy};
 use husk_runtime::pidfile::write_pid_file;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::builder::ContainerBuilder;
@@ -95,17 +95,8 @@ pub fn load_bundle_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     Ok((bundle, spec))
 }
 
-/// Creates the container and returns it in the `created` state. `foreground_console`
-/// is the socket `run` listens on for the pty master of a foreground terminal.
-pub fn create_container(
-    opts: &CreateOpts,
-    global: &GlobalOpts,
-    foreground_console: Option<&Path>,
-) -> Result<Container> {
-    let id = opts.container_id.as_str();
-    container_id::validate(id)?;
-    let (bundle, spec) = load_bundle_spec(&opts.bundle)?;
-
+/// Decides (and logs) the isolation of a workload.
+pub fn decide_isolation(id: &str, spec: &Spec, global: &GlobalOpts) -> Result<IsolationDecision> {
     let config = global.load_config()?;
     let decision = IsolationPolicy {
         config: &config,
@@ -118,12 +109,28 @@ pub fn create_container(
         source = %decision.source,
         "isolation chosen"
     );
+    Ok(decision)
+}
+
+/// Creates the container and returns it in the `created` state. `foreground_console`
+/// is the socket `run` listens on for the pty master of a foreground terminal.
+pub fn create_container(
+    opts: &CreateOpts,
+    global: &GlobalOpts,
+    foreground_console: Option<&Path>,
+) -> Result<Container> {
+    let id = opts.container_id.as_str();
+    container_id::validate(id)?;
+    let (bundle, spec) = load_bundle_spec(&opts.bundle)?;
+
+    let decision = decide_isolation(id, &spec, global)?;
     if decision.isolation == Isolation::Vm {
         bail!(
-            "container {id}: vm isolation was requested by {} but this husk build cannot run \
-             microVMs yet; refusing to fall back to the shared kernel. Use --isolation \
-             container (or isolation.default = \"container\" in the operator config) only for \
-             trusted workloads",
+            "container {id}: vm isolation was requested by {} but `create`, `run --detach` and \
+             the other lifecycle commands are not supported yet in vm isolation (only a \
+             foreground `husk run`); refusing to fall back to the shared kernel. Use \
+             --isolation container (or isolation.default = \"container\" in the operator \
+             config) only for trusted workloads",
             decision.source
         );
     }
@@ -172,7 +179,9 @@ pub fn create_container(
 /// Removes whatever a failed create left: the init process, its cgroup, the state dir.
 pub fn remove_failed_container(root: &Path, id: &str) {
     let dir = shared_kernel::container_dir(root, id);
-    if !dir.exists() {
+    // Another husk's VM sandbox of the same id (it won a race for the id): never
+    // touch it, its rootfs is bind-mounted inside.
+    if !dir.exists() || husk_runtime::vm_sandbox::is_sandbox_dir(&dir) {
         return;
     }
     if let Ok(mut container) = shared_kernel::open(root, id, Access::Exclusive) {

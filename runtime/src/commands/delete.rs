@@ -4,6 +4,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use husk_runtime::container_id;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
+use husk_runtime::vm_sandbox;
 use libcontainer::container::ContainerStatus;
 
 use super::GlobalOpts;
@@ -19,6 +20,12 @@ pub struct DeleteArgs {
 pub fn run(args: DeleteArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     container_id::validate(id)?;
+    // What a vm-isolation `run` left (its husk was killed), or one still running.
+    let dir = shared_kernel::container_dir(&global.root, id);
+    if vm_sandbox::is_sandbox_dir(&dir) {
+        return vm_sandbox::remove_stale(&dir, id, args.force)
+            .with_context(|| format!("cannot delete container {id}"));
+    }
     let mut container = match shared_kernel::open(&global.root, id, Access::Exclusive) {
         Ok(container) => container,
         Err(SharedKernelError::NotFound(_)) => {

@@ -1,5 +1,6 @@
 //! One file per subcommand, as in runc and youki: a reader finds `kill` in `kill.rs`.
 
+mod check;
 mod create;
 mod delete;
 mod events;
@@ -16,6 +17,7 @@ mod spec;
 mod start;
 mod state;
 mod update;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -28,12 +30,23 @@ use husk_runtime::logging::LogFormat;
 /// The VM backends a workload in `vm` isolation can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HypervisorChoice {
-    /// The built-in VMM where hardware virtualization is usable, else QEMU.
+    /// QEMU for now (the built-in VMM is not wired into the runtime yet).
     Auto,
     /// husk-vmm, the built-in microVM monitor.
     Builtin,
     /// QEMU, with KVM where usable, else TCG emulation.
     Qemu,
+}
+
+impl HypervisorChoice {
+    pub fn backend(self) -> husk_runtime::hypervisor::Backend {
+        use husk_runtime::hypervisor::Backend;
+        match self {
+            HypervisorChoice::Auto => Backend::Auto,
+            HypervisorChoice::Builtin => Backend::Builtin,
+            HypervisorChoice::Qemu => Backend::Qemu,
+        }
+    }
 }
 
 /// husk runs OCI containers behind their own guest kernel (vm isolation) or, for trusted
@@ -125,6 +138,9 @@ pub enum Command {
     Update(update::UpdateArgs),
     /// Print container events and resource statistics.
     Events(events::EventsArgs),
+    /// Report what this host can do (KVM, QEMU, guest artifacts, cgroups) and whether
+    /// vm isolation is usable; exit 1 if not.
+    Check(check::CheckArgs),
 }
 
 impl Command {
@@ -156,5 +172,6 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Resume(args) => resume::run(args, global).map(|()| 0),
         Command::Update(args) => update::run(args, global).map(|()| 0),
         Command::Events(args) => events::run(args, global).map(|()| 0),
+        Command::Check(args) => check::run(args, global),
     }
 }

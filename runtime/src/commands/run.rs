@@ -3,11 +3,12 @@
 
 use anyhow::Result;
 use clap::Args;
+use husk_runtime::isolation::Isolation;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 
 use super::create::{self, CreateOpts};
 use super::foreground::{self, ConsoleListener};
-use super::GlobalOpts;
+use super::{vm, GlobalOpts};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -23,6 +24,16 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
     let id = args.opts.container_id.clone();
+    // A foreground run in vm isolation boots a sandbox VM; everything else in vm
+    // isolation is refused by create_container.
+    if !args.detach {
+        husk_runtime::container_id::validate(&id)?;
+        let (bundle, spec) = create::load_bundle_spec(&args.opts.bundle)?;
+        let decision = create::decide_isolation(&id, &spec, global)?;
+        if decision.isolation == Isolation::Vm {
+            return vm::run_foreground(&args, global, &bundle, &spec, decision);
+        }
+    }
     // A foreground terminal with no console socket is bridged to our own stdio.
     let wants_terminal = !args.detach
         && args.opts.console_socket.is_none()

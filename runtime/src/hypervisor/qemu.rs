@@ -1,0 +1,288 @@
+//! The `qemu` backend: `qemu-system-x86_64 -M microvm` with KVM where hardware
+//! virtualization is usable, else TCG; vsock through vhost-device-vsock (hybrid vsock
+//! on a host Unix socket) and the shared rootfs through virtiofsd, both vhost-user, so
+//! the guest memory is a shared memfd. Wired exactly as `tests/guest/boot_test.sh`.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{detect_kvm, Accel, Helper, Hypervisor, HypervisorError, KvmKind, RunningVm, VmSpec};
+
+const QEMU: &str = "qemu-system-x86_64";
+const VIRTIOFSD: &str = "virtiofsd";
+const VHOST_VSOCK: &str = "vhost-device-vsock";
+/// The guest's vsock CID (one VM per vhost-device-vsock, so it never clashes).
+const GUEST_CID: u32 = 3;
+/// How long a helper gets to create its vhost-user socket.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QEMU and its two vhost-user helpers, found on this host.
+pub struct Qemu {
+    qemu: PathBuf,
+    virtiofsd: PathBuf,
+    vhost_vsock: PathBuf,
+    kvm: KvmKind,
+}
+
+impl Qemu {
+    /// Finds QEMU, virtiofsd and vhost-device-vsock, or says which is missing.
+    pub fn detect() -> Result<Self, HypervisorError> {
+        Ok(Self {
+            qemu: super::require_program(QEMU, "apt-get install qemu-system-x86")?,
+            virtiofsd: super::require_program(
+                VIRTIOFSD,
+                "cargo install --locked virtiofsd --version 1.14.0 --root $HUSK_CACHE; needs libcap-ng-dev and libseccomp-dev",
+            )?,
+            vhost_vsock: super::require_program(
+                VHOST_VSOCK,
+                "cargo install --locked vhost-device-vsock --version 0.3.0 --root $HUSK_CACHE",
+            )?,
+            kvm: detect_kvm(),
+        })
+    }
+
+    /// Why this accel: for logs and `husk check`.
+    pub fn accel_reason(&self) -> String {
+        match self.accel() {
+            Accel::Kvm => format!("accel kvm: /dev/kvm is {}", self.kvm),
+            Accel::Tcg => format!("accel tcg (software emulation, slow): KVM is {}", self.kvm),
+        }
+    }
+
+    /// `qemu-system-x86_64 --version`'s first line.
+    pub fn version(path: &Path) -> Option<String> {
+        let out = Command::new(path).arg("--version").output().ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_string)
+    }
+
+    fn qemu_args(&self, spec: &VmSpec, vsock_vhost: &Path, fs_vhost: &Path) -> Vec<String> {
+        let mem = format!("{}M", spec.memory_mib);
+        let (accel, cpu) = match self.accel() {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        let mut args: Vec<String> = vec![
+            "-M".into(),
+            format!("microvm,accel={accel},acpi=off,memory-backend=mem"),
+            "-cpu".into(),
+            cpu.into(),
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-m".into(),
+            mem.clone(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            // The agent leaves with reboot(2) (reboot=t triple-faults): QEMU exits.
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", spec.console_log().display()),
+            "-kernel".into(),
+            spec.artifacts.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.artifacts.initramfs.display().to_string(),
+            // With acpi=off QEMU appends the virtio_mmio.device= entries itself.
+            "-append".into(),
+            "console=ttyS0 reboot=t panic=-1 printk.time=1".into(),
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={}", vsock_vhost.display()),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock0".into(),
+            "-chardev".into(),
+            format!("socket,id=fs0,path={}", fs_vhost.display()),
+            "-device".into(),
+            format!(
+                "vhost-user-fs-device,chardev=fs0,tag={}",
+                super::SHARED_FS_TAG
+            ),
+        ];
+        args.shrink_to_fit();
+        args
+    }
+}
+
+/// Spawns a VM process: own process group (a terminal's Ctrl-C reaches husk, which
+/// forwards it to the container, not the VMM), output to `log`, and killed if husk dies.
+fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, HypervisorError> {
+    let name = program.display().to_string();
+    let log_file = std::fs::File::create(log).map_err(|source| HypervisorError::Io {
+        what: format!("create {}", log.display()),
+        source,
+    })?;
+    let log_err = log_file.try_clone().map_err(|source| HypervisorError::Io {
+        what: format!("dup {}", log.display()),
+        source,
+    })?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // prctl(2), which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|source| HypervisorError::Spawn {
+        program: name,
+        source,
+    })
+}
+
+/// Waits for a helper's socket; fails if the helper exits first.
+fn wait_for_socket(
+    name: &str,
+    child: &mut Child,
+    socket: &Path,
+    log: &Path,
+) -> Result<(), HypervisorError> {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = Instant::now() + HELPER_TIMEOUT;
+    loop {
+        if std::fs::metadata(socket)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(HypervisorError::HelperFailed {
+                program: name.to_string(),
+                detail: format!("exited with {status}: {}", tail.trim()),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(HypervisorError::HelperFailed {
+                program: name.to_string(),
+                detail: format!("no socket {} after {HELPER_TIMEOUT:?}", socket.display()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills and reaps helpers started before a failure.
+fn abandon(helpers: Vec<Helper>) {
+    for mut h in helpers {
+        let _ = h.child.kill();
+        let _ = h.child.wait();
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn accel(&self) -> Accel {
+        if self.kvm.usable() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
+        let dir = &spec.state_dir;
+        let vsock_vhost = dir.join("vhost-vsock.sock");
+        let fs_vhost = dir.join("virtiofs.sock");
+        let mut helpers: Vec<Helper> = Vec::new();
+
+        let vsock_log = dir.join("vhost-device-vsock.log");
+        let mut vsock = spawn(
+            &self.vhost_vsock,
+            &[
+                "--guest-cid".into(),
+                GUEST_CID.to_string(),
+                "--socket".into(),
+                vsock_vhost.display().to_string(),
+                "--uds-path".into(),
+                spec.vsock_socket.display().to_string(),
+            ],
+            &vsock_log,
+        )?;
+        let waited = wait_for_socket(VHOST_VSOCK, &mut vsock, &vsock_vhost, &vsock_log);
+        helpers.push(Helper {
+            name: VHOST_VSOCK,
+            child: vsock,
+            exits_with_vmm: false,
+        });
+        if let Err(e) = waited {
+            abandon(helpers);
+            return Err(e);
+        }
+
+        let fs_log = dir.join("virtiofsd.log");
+        let mut fs = match spawn(
+            &self.virtiofsd,
+            &[
+                "--socket-path".into(),
+                fs_vhost.display().to_string(),
+                "--shared-dir".into(),
+                spec.shared_dir.display().to_string(),
+                "--sandbox".into(),
+                "none".into(),
+                "--cache".into(),
+                "never".into(),
+            ],
+            &fs_log,
+        ) {
+            Ok(child) => child,
+            Err(e) => {
+                abandon(helpers);
+                return Err(e);
+            }
+        };
+        let waited = wait_for_socket(VIRTIOFSD, &mut fs, &fs_vhost, &fs_log);
+        helpers.push(Helper {
+            name: VIRTIOFSD,
+            child: fs,
+            exits_with_vmm: true,
+        });
+        if let Err(e) = waited {
+            abandon(helpers);
+            return Err(e);
+        }
+
+        let args = self.qemu_args(spec, &vsock_vhost, &fs_vhost);
+        tracing::debug!(?args, "starting qemu");
+        let vmm = match spawn(&self.qemu, &args, &dir.join("qemu.log")) {
+            Ok(child) => child,
+            Err(e) => {
+                abandon(helpers);
+                return Err(e);
+            }
+        };
+        Ok(RunningVm {
+            vmm,
+            vmm_name: QEMU,
+            helpers,
+            vmm_status: None,
+        })
+    }
+}
+
+/// Paths of the programs this backend would use, for `husk check`.
+pub fn programs() -> [(&'static str, Option<PathBuf>); 3] {
+    [
+        (QEMU, super::find_program(QEMU)),
+        (VIRTIOFSD, super::find_program(VIRTIOFSD)),
+        (VHOST_VSOCK, super::find_program(VHOST_VSOCK)),
+    ]
+}
