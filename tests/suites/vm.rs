@@ -180,6 +180,44 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             )?;
             husk.assert_clean(&id)
         }),
+        ("memory_limit_is_enforced_inside_the_guest", |env| {
+            // The spec's limit reaches the guest's cgroup: an allocation past it is
+            // OOM-killed by the guest kernel (137), one below it survives.
+            let husk = Husk::new(env);
+            let id = unique("vm-oom");
+            let mut bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "x=$(head -c $BYTES /dev/zero | tr '\\0' a); echo survived ${#x}",
+            ]);
+            bundle.config["linux"]["resources"] =
+                serde_json::json!({ "memory": { "limit": 32u64 << 20 } });
+            for (bytes, want) in [("100000000", 137), ("1000000", 0)] {
+                let mut config = bundle.config.clone();
+                config["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(format!("BYTES={bytes}").into());
+                bundle.config = config;
+                bundle.write();
+                let out = husk.husk(&[
+                    "--isolation",
+                    "vm",
+                    "run",
+                    "--bundle",
+                    bundle.path().to_str().unwrap(),
+                    &id,
+                ]);
+                husk.expect(out.code == want && (want != 0 || out.stdout.contains("survived 1000000")), || {
+                    format!("allocating {bytes} bytes under a 32 MiB limit: want exit {want}, got {out:?}")
+                })?;
+                bundle.config["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+            }
+            husk.assert_clean(&id)
+        }),
         ("stderr_is_relayed_separately", |env| {
             let husk = Husk::new(env);
             let id = unique("vm-stderr");
