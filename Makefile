@@ -36,7 +36,8 @@ unit-test: setup
 e2e: build guest-artifacts
 	$(CARGO) test $(CARGO_PROFILE) -p husk-e2e
 
-demo: build
+# The main job: a container in a microVM (guest kernel and agent built if missing).
+demo: build guest-artifacts
 	bash scripts/demo.sh
 
 test: build lint unit-test e2e $(TEST_SUITES)

@@ -33,5 +33,17 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 fi
-mkdir -p "${HUSK_CACHE:-$HOME/.cache/husk}"
+# vm isolation's vhost-user helpers, built from crates.io into the cache outside the
+# clone (the qemu backend, the boot test and the vm suite look there first).
+cache="${HUSK_CACHE:-$HOME/.cache/husk}"
+mkdir -p "$cache"
+install_tool() {
+  local name=$1 version=$2
+  if [ ! -x "$cache/bin/$name" ]; then
+    echo "setup: cargo install $name $version into $cache/bin"
+    cargo install --locked --quiet "$name" --version "$version" --root "$cache"
+  fi
+}
+install_tool vhost-device-vsock 0.3.0
+install_tool virtiofsd 1.14.0
 echo "setup: ok"
