@@ -97,6 +97,31 @@ impl<'a> Husk<'a> {
         (out, bundle)
     }
 
+    /// Starts `husk --isolation vm run` of `bundle` in the background, stdout and
+    /// stderr to files in the test dir, and waits until the container prints `ready`.
+    fn spawn_until_ready(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+    ) -> Result<(Background, PathBuf, PathBuf), Failed> {
+        let stdout_path = self.dir.path().join("stdout");
+        let stderr_path = self.dir.path().join("stderr");
+        let mut command = self.command();
+        command
+            .args(["--isolation", "vm", "run", "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        let child = Background::spawn(&mut command);
+        let ready = cmd::wait_until(TIMEOUT, || {
+            std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
+        });
+        self.expect(ready, || "the container never printed ready".into())?;
+        Ok((child, stdout_path, stderr_path))
+    }
+
     /// A failure that carries everything needed to debug it: the output and husk's
     /// debug log, which holds the guest console.
     fn fail(&self, what: String) -> Failed {
@@ -256,21 +281,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 "-c",
                 "trap 'echo got-term; exit 7' TERM; echo ready; sleep 600 & wait",
             ]);
-            let stdout_path = husk.dir.path().join("stdout");
-            let stdout = std::fs::File::create(&stdout_path).unwrap();
-            let mut command = husk.command();
-            command
-                .args(["--isolation", "vm", "run", "--bundle"])
-                .arg(bundle.path())
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(std::fs::File::create(husk.dir.path().join("stderr")).unwrap());
-            let child = Background::spawn(&mut command);
-            let ready = cmd::wait_until(TIMEOUT, || {
-                std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
-            });
-            husk.expect(ready, || "the container never printed ready".into())?;
+            let (child, stdout_path, _) = husk.spawn_until_ready(&id, &bundle)?;
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.pid()),
                 nix::sys::signal::Signal::SIGTERM,
@@ -288,21 +299,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             let husk = Husk::new(env);
             let id = unique("vm-dead");
             let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 600"]);
-            let stdout_path = husk.dir.path().join("stdout");
-            let stderr_path = husk.dir.path().join("stderr");
-            let mut command = husk.command();
-            command
-                .args(["--isolation", "vm", "run", "--bundle"])
-                .arg(bundle.path())
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&stdout_path).unwrap())
-                .stderr(std::fs::File::create(&stderr_path).unwrap());
-            let child = Background::spawn(&mut command);
-            let ready = cmd::wait_until(TIMEOUT, || {
-                std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
-            });
-            husk.expect(ready, || "the container never printed ready".into())?;
+            let (child, _, stderr_path) = husk.spawn_until_ready(&id, &bundle)?;
             let qemu: Vec<i32> = leaks::processes_mentioning(&husk.state_root().to_string_lossy())
                 .into_iter()
                 .filter(|(_, cmdline)| cmdline.contains("qemu-system"))
@@ -332,20 +329,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             let husk = Husk::new(env);
             let id = unique("vm-kill9");
             let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 600"]);
-            let stdout_path = husk.dir.path().join("stdout");
-            let mut command = husk.command();
-            command
-                .args(["--isolation", "vm", "run", "--bundle"])
-                .arg(bundle.path())
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&stdout_path).unwrap())
-                .stderr(Stdio::null());
-            let child = Background::spawn(&mut command);
-            let ready = cmd::wait_until(TIMEOUT, || {
-                std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
-            });
-            husk.expect(ready, || "the container never printed ready".into())?;
+            let (child, _, _) = husk.spawn_until_ready(&id, &bundle)?;
             // A live sandbox is not deleted without --force.
             husk.husk(&["delete", &id])
                 .fails_with("running in vm isolation");
