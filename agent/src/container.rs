@@ -653,6 +653,57 @@ impl Containers {
             .map_err(|e| ContainerError::Cgroup(e.to_string()))
     }
 
+    /// Freezes every process of the container (cgroup freezer).
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        let mut entries = self.entries();
+        let e = entries
+            .get_mut(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        e.container.pause()?;
+        Ok(())
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        let mut entries = self.entries();
+        let e = entries
+            .get_mut(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        e.container.resume()?;
+        Ok(())
+    }
+
+    /// The pids in the container's cgroup (sorted) with their command lines.
+    pub fn processes(&self, id: &str) -> Result<Vec<(i32, String)>, ContainerError> {
+        let dir = self
+            .cgroup_dir(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let pids = read_cgroup_pids(&dir)?;
+        Ok(pids
+            .into_iter()
+            .map(|pid| (pid, command_line(pid)))
+            .collect())
+    }
+
+    /// Sends `signal` to every process in the container's cgroup.
+    pub fn signal_all(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
+        let sig =
+            nix::sys::signal::Signal::try_from(signal).map_err(|_| ValidationError::Range {
+                what: "signal",
+                value: signal as u64,
+                min: 1,
+                max: 31,
+            })?;
+        let dir = self
+            .cgroup_dir(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        for pid in read_cgroup_pids(&dir)? {
+            // A process may exit between the read and the kill: not an error.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+        Ok(())
+    }
+
     /// The cgroup directory of a container (for the OOM watcher).
     pub fn cgroup_dir(&self, id: &str) -> Option<PathBuf> {
         let entries = self.entries();
@@ -725,6 +776,40 @@ pub fn read_stats(dir: &std::path::Path) -> Result<Stats, ContainerError> {
         },
         pids_current: number("pids.current", &read("pids.current")?)?,
     })
+}
+
+/// The pids listed in a cgroup's `cgroup.procs`, sorted.
+pub fn read_cgroup_pids(dir: &std::path::Path) -> Result<Vec<i32>, ContainerError> {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map_err(|e| ContainerError::Cgroup(format!("read cgroup.procs: {e}")))?;
+    let mut pids = text
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse::<i32>()
+                .map_err(|e| ContainerError::Cgroup(format!("parse cgroup.procs: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// A process's command line, arguments joined by spaces, at most 4 KiB; empty if gone.
+fn command_line(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut text: String = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.len() > 4096 {
+        let mut end = 4096;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Parses and bounds an OCI `linux.resources` document.
@@ -821,6 +906,22 @@ mod tests {
         assert_eq!(read_stats(d).unwrap().memory_limit_bytes, 16 << 20);
         std::fs::write(d.join("pids.current"), "lots\n").unwrap();
         assert!(matches!(read_stats(d), Err(ContainerError::Cgroup(_))));
+    }
+
+    #[test]
+    fn cgroup_pids_are_sorted_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "42\n7\n100\n").unwrap();
+        assert_eq!(read_cgroup_pids(dir.path()).unwrap(), vec![7, 42, 100]);
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        assert!(read_cgroup_pids(dir.path()).unwrap().is_empty());
+        std::fs::write(dir.path().join("cgroup.procs"), "7\nx\n").unwrap();
+        assert!(matches!(
+            read_cgroup_pids(dir.path()),
+            Err(ContainerError::Cgroup(_))
+        ));
+        assert!(command_line(std::process::id() as i32).len() > 0);
+        assert_eq!(command_line(-1), "");
     }
 
     #[test]

@@ -122,7 +122,25 @@ impl AgentService {
     pub fn do_signal(&self, req: &pb::SignalProcessRequest) -> ttrpc::Result<()> {
         let (id, exec) = Self::process_ids(&req.container_id, &req.exec_id)?;
         let sig = validate::in_range("signal", req.signal.into(), 1, 64).map_err(invalid)?;
+        if req.all {
+            return Ok(self.containers.signal_all(id, sig as i32)?);
+        }
         Ok(self.containers.signal(id, exec, sig as i32)?)
+    }
+
+    pub fn do_list_processes(
+        &self,
+        req: &pb::ContainerRequest,
+    ) -> ttrpc::Result<pb::ListProcessesResponse> {
+        let id = validate::container_id(&req.container_id).map_err(invalid)?;
+        let mut r = pb::ListProcessesResponse::new();
+        for (pid, command) in self.containers.processes(id)? {
+            let mut p = pb::ProcessInfo::new();
+            p.pid = pid;
+            p.command = command;
+            r.processes.push(p);
+        }
+        Ok(r)
     }
 
     pub fn do_exec(&self, req: &pb::ExecProcessRequest) -> ttrpc::Result<()> {
@@ -365,6 +383,36 @@ impl agent_ttrpc::Agent for AgentService {
         Ok(empty())
     }
 
+    fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::ContainerRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        tracing::info!("PauseContainer {:?}", req.container_id);
+        let id = validate::container_id(&req.container_id).map_err(invalid)?;
+        self.containers.pause(id)?;
+        Ok(empty())
+    }
+
+    fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::ContainerRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        tracing::info!("ResumeContainer {:?}", req.container_id);
+        let id = validate::container_id(&req.container_id).map_err(invalid)?;
+        self.containers.resume(id)?;
+        Ok(empty())
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::ContainerRequest,
+    ) -> ttrpc::Result<pb::ListProcessesResponse> {
+        self.do_list_processes(&req)
+    }
+
     fn get_oom_event(
         &self,
         _ctx: &TtrpcContext,
@@ -469,5 +517,21 @@ mod tests {
         assert_eq!(code(s.do_signal(&sig).unwrap_err()), Code::INVALID_ARGUMENT);
         sig.signal = 15;
         assert_eq!(code(s.do_signal(&sig).unwrap_err()), Code::NOT_FOUND);
+        sig.all = true;
+        assert_eq!(code(s.do_signal(&sig).unwrap_err()), Code::NOT_FOUND);
+        sig.container_id = "../x".into();
+        assert_eq!(code(s.do_signal(&sig).unwrap_err()), Code::INVALID_ARGUMENT);
+
+        let mut list = pb::ContainerRequest::new();
+        list.container_id = "c1".into();
+        assert_eq!(
+            code(s.do_list_processes(&list).unwrap_err()),
+            Code::NOT_FOUND
+        );
+        list.container_id = String::new();
+        assert_eq!(
+            code(s.do_list_processes(&list).unwrap_err()),
+            Code::INVALID_ARGUMENT
+        );
     }
 }

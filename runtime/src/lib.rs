@@ -15,4 +15,4 @@ pub mod protected_exe;
 pub mod shared_kernel;
 pub mod signal;
 pub mod units;
-pub mod vm_sandbox;
+pub mod vm;

@@ -122,6 +122,54 @@ impl<'a> Husk<'a> {
         Ok((child, stdout_path, stderr_path))
     }
 
+    /// `husk --isolation vm create` with stdout/stderr to files (the supervisor keeps
+    /// them as the container's), then `start`; returns the pid-file pid and the
+    /// stdout path. Waits until the container printed `ready`.
+    fn create_and_start(&self, id: &str, bundle: &Bundle) -> Result<(i32, PathBuf), Failed> {
+        let stdout_path = self.dir.path().join(format!("{id}.out"));
+        let pid_file = self.dir.path().join(format!("{id}.pid"));
+        let mut command = self.command();
+        command
+            .args(["--isolation", "vm", "create", "--bundle"])
+            .arg(bundle.path())
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("{id}.err"))).unwrap());
+        let status = Background::spawn(&mut command).wait(TIMEOUT);
+        self.expect(status.is_some_and(|s| s.success()), || {
+            format!("husk create exited {status:?}")
+        })?;
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .map_err(|e| self.fail(format!("no pid file: {e}")))?
+            .parse()
+            .map_err(|e| self.fail(format!("pid file: {e}")))?;
+        let state = self.state(id);
+        self.expect(state["status"] == "created" && state["pid"] == pid, || {
+            format!("after create want created with pid {pid}: {state}")
+        })?;
+        self.husk(&["start", id]).ok();
+        let ready = cmd::wait_until(TIMEOUT, || {
+            std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
+        });
+        self.expect(ready, || "the container never printed ready".into())?;
+        Ok((pid, stdout_path))
+    }
+
+    /// `husk state` as JSON.
+    fn state(&self, id: &str) -> serde_json::Value {
+        let out = self.husk(&["state", id]).ok();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state JSON: {e}: {out:?}"))
+    }
+
+    /// Waits until `husk state` says stopped.
+    fn wait_stopped(&self, id: &str) -> Result<(), Failed> {
+        let stopped = cmd::wait_until(TIMEOUT, || self.state(id)["status"] == "stopped");
+        self.expect(stopped, || format!("{id} never stopped: {}", self.state(id)))
+    }
+
     /// A failure that carries everything needed to debug it: the output and husk's
     /// debug log, which holds the guest console.
     fn fail(&self, what: String) -> Failed {
@@ -174,6 +222,17 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Waits for an orphaned supervisor (reparented to us, a subreaper) and returns its
+/// exit code, 128+N if killed by signal N.
+fn reap(pid: i32) -> Option<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+        _ => None,
+    }
 }
 
 fn host_kernel_release() -> String {
@@ -331,8 +390,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 600"]);
             let (child, _, _) = husk.spawn_until_ready(&id, &bundle)?;
             // A live sandbox is not deleted without --force.
-            husk.husk(&["delete", &id])
-                .fails_with("running in vm isolation");
+            husk.husk(&["delete", &id]).fails_with("it is running");
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.pid()),
                 nix::sys::signal::Signal::SIGKILL,
@@ -365,17 +423,230 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 b,
                 &id,
             ])
-            .fails_with("builtin backend not wired into the runtime yet");
-            husk.husk(&["--isolation", "vm", "create", "-b", b, &id])
-                .fails_with("not supported yet in vm isolation");
-            husk.husk(&["--isolation", "vm", "run", "--detach", "-b", b, &id])
-                .fails_with("not supported yet in vm isolation");
+            .fails_with("refusing to fall back to the shared kernel")
+            .fails_with("builtin");
             let missing = Husk::with_vm_config(env, "[vm]\nkernel = \"/nonexistent/vmlinux\"\n");
-            missing
-                .husk(&["--isolation", "vm", "run", "-b", b, &id])
-                .fails_with("make guest-kernel initramfs");
+            for run in [&["run"][..], &["run", "--detach"], &["create"]] {
+                let mut args = vec!["--isolation", "vm"];
+                args.extend_from_slice(run);
+                args.extend_from_slice(&["-b", b, &id]);
+                missing
+                    .husk(&args)
+                    .fails_with("make guest-kernel initramfs")
+                    .fails_with("refusing to fall back to the shared kernel");
+            }
+            // A terminal needs somewhere to go when detached.
+            let mut tty = husk.bundle(&["true"]);
+            tty.config["process"]["terminal"] = true.into();
+            tty.write();
+            husk.husk(&[
+                "--isolation",
+                "vm",
+                "create",
+                "-b",
+                tty.path().to_str().unwrap(),
+                &id,
+            ])
+            .fails_with("--console-socket");
             husk.assert_clean(&id)?;
             missing.assert_clean(&id)
+        }),
+        ("create_start_state_exec_ps_pause_kill_delete", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-life");
+            let bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "trap 'echo got-term; exit 9' TERM; echo ready; sleep 600 & wait",
+            ]);
+            let (pid, stdout_path) = husk.create_and_start(&id, &bundle)?;
+            let state = husk.state(&id);
+            husk.expect(state["status"] == "running" && state["pid"] == pid, || {
+                format!("after start want running with pid {pid}: {state}")
+            })?;
+            let list = husk.husk(&["list", "--format", "json"]).ok();
+            husk.expect(list.stdout.contains(&id), || format!("list: {list:?}"))?;
+            let exec = husk.husk(&["exec", &id, "sh", "-c", "echo in-exec; exit 5"]);
+            husk.expect(exec.code == 5 && exec.stdout == "in-exec\n", || {
+                format!("exec: want in-exec and exit 5: {exec:?}")
+            })?;
+            let ps = husk.husk(&["ps", "--format", "json", &id]).ok();
+            let pids: Vec<i32> = serde_json::from_str(ps.stdout_trimmed()).unwrap_or_default();
+            husk.expect(pids.len() >= 2, || format!("ps: want sh and sleep: {ps:?}"))?;
+            let table = husk.husk(&["ps", &id]).ok();
+            husk.expect(table.stdout.contains("sleep 600"), || format!("ps: {table:?}"))?;
+            husk.husk(&["pause", &id]).ok();
+            husk.expect(husk.state(&id)["status"] == "paused", || "not paused".into())?;
+            husk.husk(&["resume", &id]).ok();
+            husk.expect(husk.state(&id)["status"] == "running", || "not resumed".into())?;
+            let stats = husk.husk(&["events", "--stats", &id]).ok();
+            husk.expect(stats.stdout.contains("\"type\":\"stats\""), || format!("events: {stats:?}"))?;
+            husk.husk(&["delete", &id]).fails_with("it is running");
+            husk.husk(&["kill", &id, "TERM"]).ok();
+            husk.wait_stopped(&id)?;
+            let status = reap(pid);
+            let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+            husk.expect(status == Some(9) && out.contains("got-term"), || {
+                format!("want got-term and supervisor exit 9, got {status:?}, stdout {out:?}")
+            })?;
+            husk.husk(&["kill", &id, "TERM"]).fails_with("container not running");
+            husk.husk(&["delete", &id]).ok();
+            husk.assert_clean(&id)
+        }),
+        ("run_detached_and_exec_detached", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-detach");
+            let bundle = husk.bundle(&["sleep", "600"]);
+            husk.husk(&[
+                "--isolation",
+                "vm",
+                "run",
+                "--detach",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                &id,
+            ])
+            .ok();
+            husk.expect(husk.state(&id)["status"] == "running", || "not running".into())?;
+            let pid_file = husk.dir.path().join("exec.pid");
+            let marker = husk.dir.path().join("exec.out");
+            let mut command = husk.command();
+            command
+                .args(["exec", "--detach", "--pid-file"])
+                .arg(&pid_file)
+                .args([&id, "sh", "-c", "echo from-detached-exec; exit 4"])
+                .stdout(std::fs::File::create(&marker).unwrap());
+            let status = Background::spawn(&mut command).wait(TIMEOUT);
+            husk.expect(status.is_some_and(|s| s.success()), || format!("exec -d: {status:?}"))?;
+            let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+            let code = reap(pid);
+            let out = std::fs::read_to_string(&marker).unwrap_or_default();
+            husk.expect(code == Some(4) && out == "from-detached-exec\n", || {
+                format!("detached exec: want exit 4 and its output, got {code:?} {out:?}")
+            })?;
+            husk.husk(&["delete", "--force", &id]).ok();
+            husk.assert_clean(&id)
+        }),
+        ("container_namespaces_differ_from_the_agents", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-ns");
+            let (out, _bundle) = husk.vm_run(
+                &id,
+                &[
+                    "sh",
+                    "-c",
+                    "tr '\\0' ' ' </proc/1/cmdline; echo; ls /proc | grep -c '^[0-9]'; \
+                     test -e /run/husk/shared && echo sees-agent-mounts; hostname",
+                ],
+            );
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            husk.expect(
+                out.code == 0
+                    && lines.first().is_some_and(|l| l.starts_with("sh "))
+                    && lines.get(1).is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 3))
+                    && !out.stdout.contains("sees-agent-mounts")
+                    && lines.get(2) == Some(&"husk"),
+                || format!("want own pid 1 (sh), few processes, no agent mounts, own hostname: {out:?}"),
+            )?;
+            husk.assert_clean(&id)
+        }),
+        ("terminal_in_the_foreground", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-tty");
+            let mut bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "tty; test -t 0 && echo stdin-is-tty; read x; echo got:$x",
+            ]);
+            bundle.config["process"]["terminal"] = true.into();
+            bundle.write();
+            let mut line = format!("{:?}", husk.command());
+            line.push_str(&format!(
+                " --isolation vm run --bundle {} {id}",
+                bundle.path().display()
+            ));
+            let out = cmd::run_with_stdin(
+                Command::new("script").args(["-qec", &line, "/dev/null"]),
+                Some(b"typed\n"),
+                TIMEOUT,
+            );
+            husk.expect(
+                out.code == 0
+                    && out.stdout.contains("/dev/pts/")
+                    && out.stdout.contains("stdin-is-tty")
+                    && out.stdout.contains("got:typed"),
+                || format!("terminal: {out:?}"),
+            )?;
+            husk.assert_clean(&id)
+        }),
+        ("bind_mounts_are_shared_with_the_host", |env| {
+            let husk = Husk::new(env);
+            let id = unique("vm-bind");
+            let data = husk.dir.path().join("data");
+            let ro = husk.dir.path().join("ro");
+            std::fs::create_dir(&data).unwrap();
+            std::fs::create_dir(&ro).unwrap();
+            std::fs::write(data.join("in.txt"), "from-host").unwrap();
+            let mut bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "cat /data/in.txt; echo; echo from-guest > /data/out.txt; \
+                 (echo x > /ro/f) 2>/dev/null || echo ro-refused",
+            ]);
+            bundle.config["mounts"].as_array_mut().unwrap().extend([
+                serde_json::json!({"destination": "/data", "type": "bind",
+                    "source": data, "options": ["rbind", "rw"]}),
+                serde_json::json!({"destination": "/ro", "type": "bind",
+                    "source": ro, "options": ["rbind", "ro"]}),
+            ]);
+            bundle.write();
+            let out = husk.husk(&[
+                "--isolation",
+                "vm",
+                "run",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                &id,
+            ]);
+            let written = std::fs::read_to_string(data.join("out.txt")).unwrap_or_default();
+            husk.expect(
+                out.code == 0
+                    && out.stdout.contains("from-host")
+                    && out.stdout.contains("ro-refused")
+                    && written == "from-guest\n"
+                    && !ro.join("f").exists(),
+                || format!("bind mounts: {out:?}, out.txt {written:?}"),
+            )?;
+            husk.assert_clean(&id)
+        }),
+        ("killed_vmm_or_supervisor_reports_stopped", |env| {
+            let husk = Husk::new(env);
+            for victim in ["qemu-system", "vm-supervise"] {
+                let id = unique("vm-fault");
+                let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 600"]);
+                let (pid, _) = husk.create_and_start(&id, &bundle)?;
+                let dir = husk.state_root().join(&id);
+                let target: Vec<i32> = leaks::processes_mentioning(&dir.to_string_lossy())
+                    .into_iter()
+                    .chain(leaks::processes_mentioning(&id))
+                    .filter(|(_, cmdline)| cmdline.contains(victim))
+                    .map(|(pid, _)| pid)
+                    .collect();
+                husk.expect(!target.is_empty(), || format!("no {victim} process found"))?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(target[0]),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                husk.wait_stopped(&id)?;
+                let status = reap(pid);
+                husk.expect(status == Some(137), || {
+                    format!("after killing {victim}: want supervisor status 137, got {status:?}")
+                })?;
+                husk.husk(&["delete", &id]).ok();
+                husk.assert_clean(&id)?;
+            }
+            Ok(())
         }),
         ("check_reports_the_host", |env| {
             let husk = Husk::new(env);
@@ -456,6 +727,13 @@ fn ensure_helpers() {
 fn main() {
     let args = Arguments::from_args();
     husk_e2e::require_root("vm");
+    // Supervisors of detached containers outlive `husk create`; as a subreaper this
+    // suite inherits them and can check their exit status, as an engine does.
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
     husk_e2e::require_program("qemu-system-x86_64");
     let (kernel, initramfs) = guest_artifacts();
     ensure_helpers();

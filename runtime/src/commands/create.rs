@@ -50,6 +50,9 @@ pub fn run(args: CreateArgs, global: &GlobalOpts) -> Result<()> {
     create_container(&args.opts, global, None).map(|_| ())
 }
 
+/// What `create_container` made.
+pub type Created = Option<Container>;
+
 /// Loads and checks the bundle's config.json with errors a user can act on.
 pub fn load_bundle_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     let bundle = std::fs::canonicalize(bundle)
@@ -112,27 +115,22 @@ pub fn decide_isolation(id: &str, spec: &Spec, global: &GlobalOpts) -> Result<Is
     Ok(decision)
 }
 
-/// Creates the container and returns it in the `created` state. `foreground_console`
-/// is the socket `run` listens on for the pty master of a foreground terminal.
+/// Creates the container in the `created` state: in container isolation returns it,
+/// in vm isolation (a supervisor holds it) `None`. `foreground_console` is the socket
+/// `run` listens on for the pty master of a foreground terminal.
 pub fn create_container(
     opts: &CreateOpts,
     global: &GlobalOpts,
     foreground_console: Option<&Path>,
-) -> Result<Container> {
+) -> Result<Created> {
     let id = opts.container_id.as_str();
     container_id::validate(id)?;
     let (bundle, spec) = load_bundle_spec(&opts.bundle)?;
 
     let decision = decide_isolation(id, &spec, global)?;
     if decision.isolation == Isolation::Vm {
-        bail!(
-            "container {id}: vm isolation was requested by {} but `create`, `run --detach` and \
-             the other lifecycle commands are not supported yet in vm isolation (only a \
-             foreground `husk run`); refusing to fall back to the shared kernel. Use \
-             --isolation container (or isolation.default = \"container\" in the operator \
-             config) only for trusted workloads",
-            decision.source
-        );
+        super::vm::create(opts, global, &bundle, decision)?;
+        return Ok(None);
     }
 
     if shared_kernel::exists(&global.root, id) {
@@ -173,7 +171,7 @@ pub fn create_container(
             return Err(err.into());
         }
     }
-    Ok(container)
+    Ok(Some(container))
 }
 
 /// Removes whatever a failed create left: the init process, its cgroup, the state dir.
@@ -181,7 +179,7 @@ pub fn remove_failed_container(root: &Path, id: &str) {
     let dir = shared_kernel::container_dir(root, id);
     // Another husk's VM sandbox of the same id (it won a race for the id): never
     // touch it, its rootfs is bind-mounted inside.
-    if !dir.exists() || husk_runtime::vm_sandbox::is_sandbox_dir(&dir) {
+    if !dir.exists() || husk_runtime::vm::sandbox::is_sandbox_dir(&dir) {
         return;
     }
     if let Ok(mut container) = shared_kernel::open(root, id, Access::Exclusive) {

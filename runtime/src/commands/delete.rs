@@ -4,7 +4,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use husk_runtime::container_id;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
-use husk_runtime::vm_sandbox;
+use husk_runtime::vm::sandbox as vm_sandbox;
 use libcontainer::container::ContainerStatus;
 
 use super::GlobalOpts;
@@ -21,6 +21,9 @@ pub fn run(args: DeleteArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     container_id::validate(id)?;
     // What a vm-isolation `run` left (its husk was killed), or one still running.
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        return super::vm::delete(&dir, &st, args.force);
+    }
     let dir = shared_kernel::container_dir(&global.root, id);
     if vm_sandbox::is_sandbox_dir(&dir) {
         return vm_sandbox::remove_stale(&dir, id, args.force)

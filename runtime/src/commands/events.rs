@@ -43,6 +43,18 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: EventsArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
+    if let Some((dir, _)) = super::vm::lookup(global, id)? {
+        loop {
+            let st = husk_runtime::vm::state::load(&dir, id)?;
+            let stats = super::vm::stats(&dir, &st)?;
+            let event = serde_json::json!({ "type": "stats", "id": id, "data": stats });
+            println!("{}", serde_json::to_string(&event)?);
+            if args.stats {
+                return Ok(());
+            }
+            std::thread::sleep(args.interval);
+        }
+    }
     loop {
         let container = shared_kernel::open(&global.root, id, Access::Shared)?;
         if container.status() == ContainerStatus::Stopped {

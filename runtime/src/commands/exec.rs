@@ -8,7 +8,7 @@ use clap::Args;
 use husk_runtime::pidfile::write_pid_file;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::container::ContainerStatus;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{Process, Spec, UserBuilder};
 
@@ -82,6 +82,24 @@ impl Drop for ProcessFile {
 
 pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
     let id = args.container_id.clone();
+    if let Some((dir, st)) = super::vm::lookup(global, &id)? {
+        if args.preserve_fds > 0 {
+            bail!("cannot exec in container {id}: --preserve-fds cannot pass descriptors into a VM");
+        }
+        let process = match &args.process {
+            Some(path) => read_process(path)?,
+            None => process_from_flags(&args, &load_spec(&st.bundle, &id)?)?,
+        };
+        return super::vm::exec(super::vm::VmExec {
+            dir: &dir,
+            state: &st,
+            process: &process,
+            detach: args.detach,
+            console_socket: args.console_socket.as_deref(),
+            pid_file: args.pid_file.as_deref(),
+            global,
+        });
+    }
     let container = shared_kernel::open(&global.root, &id, Access::Shared)?;
     match container.status() {
         ContainerStatus::Running | ContainerStatus::Created => {}
@@ -95,7 +113,8 @@ pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
     let (process_path, _written) = match &args.process {
         Some(path) => (path.clone(), None),
         None => {
-            let process = process_from_flags(&args, &container)?;
+            let process =
+                process_from_flags(&args, &load_spec(container.bundle(), container.id())?)?;
             let path = shared_kernel::container_dir(&global.root, &id)
                 .join(format!("exec-{}.json", std::process::id()));
             std::fs::write(&path, serde_json::to_vec(&process)?)
@@ -153,17 +172,17 @@ fn read_process(path: &Path) -> Result<Process> {
         .with_context(|| format!("malformed process file {}", path.display()))
 }
 
+/// The config.json of a container's bundle.
+fn load_spec(bundle: &Path, id: &str) -> Result<Spec> {
+    Spec::load(bundle.join("config.json"))
+        .with_context(|| format!("cannot read the config.json of container {id}"))
+}
+
 /// Builds the exec process from the container's own process and the command-line flags.
-fn process_from_flags(args: &ExecArgs, container: &Container) -> Result<Process> {
+fn process_from_flags(args: &ExecArgs, spec: &Spec) -> Result<Process> {
     if args.command.is_empty() {
         bail!("exec needs a command (or --process FILE)");
     }
-    let spec = Spec::load(container.bundle().join("config.json")).with_context(|| {
-        format!(
-            "cannot read the config.json of container {}",
-            container.id()
-        )
-    })?;
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args.command.clone()));
     process.set_terminal(Some(args.tty));

@@ -22,6 +22,9 @@ pub struct KillArgs {
 pub fn run(args: KillArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     let signal = parse_signal(&args.signal)?;
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        return super::vm::kill(&dir, &st, signal as i32, args.all);
+    }
     let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     // containerd recognises "container not running" and treats the kill as done.
     if container.status() == ContainerStatus::Stopped && !args.all {

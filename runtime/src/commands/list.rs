@@ -59,6 +59,10 @@ fn collect(global: &GlobalOpts) -> Result<Vec<RuntimeState>> {
         if !entry.path().is_dir() {
             continue;
         }
+        if let Ok(Some((_, st))) = super::vm::lookup(global, id) {
+            states.push(super::vm::runtime_state(&st));
+            continue;
+        }
         // A container being created or deleted right now may vanish under us.
         if let Ok(container) = shared_kernel::open(&global.root, id, Access::Shared) {
             states.push(shared_kernel::runtime_state(&container));

@@ -16,6 +16,7 @@ mod run;
 mod spec;
 mod start;
 mod state;
+mod supervise;
 mod update;
 mod vm;
 
@@ -30,7 +31,7 @@ use husk_runtime::logging::LogFormat;
 /// The VM backends a workload in `vm` isolation can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HypervisorChoice {
-    /// QEMU for now (the built-in VMM is not wired into the runtime yet).
+    /// The built-in VMM where hardware virtualization is usable, else QEMU.
     Auto,
     /// husk-vmm, the built-in microVM monitor.
     Builtin,
@@ -141,6 +142,12 @@ pub enum Command {
     /// Report what this host can do (KVM, QEMU, guest artifacts, cgroups) and whether
     /// vm isolation is usable; exit 1 if not.
     Check(check::CheckArgs),
+    /// (internal) The supervisor of a container in vm isolation.
+    #[command(hide = true)]
+    VmSupervise(supervise::SuperviseArgs),
+    /// (internal) The supervisor of a detached exec in vm isolation.
+    #[command(hide = true)]
+    VmExecSupervise(supervise::ExecSuperviseArgs),
 }
 
 impl Command {
@@ -173,5 +180,7 @@ pub fn dispatch(command: Command, global: &GlobalOpts) -> Result<i32> {
         Command::Update(args) => update::run(args, global).map(|()| 0),
         Command::Events(args) => events::run(args, global).map(|()| 0),
         Command::Check(args) => check::run(args, global),
+        Command::VmSupervise(args) => supervise::run(args, global),
+        Command::VmExecSupervise(args) => supervise::run_exec(args, global),
     }
 }

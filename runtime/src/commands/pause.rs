@@ -13,6 +13,9 @@ pub struct PauseArgs {
 
 pub fn run(args: PauseArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        return super::vm::pause(&dir, &st, true);
+    }
     let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     container
         .pause()

@@ -22,6 +22,20 @@ pub struct PsArgs {
 
 pub fn run(args: PsArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        // Guest pids: the container's processes live in the VM's pid space.
+        let processes = super::vm::processes(&dir, &st)?;
+        if args.format == "json" {
+            let pids: Vec<i32> = processes.iter().map(|(pid, _)| *pid).collect();
+            println!("{}", serde_json::to_string(&pids)?);
+        } else {
+            println!("{:>7} CMD", "PID");
+            for (pid, command) in processes {
+                println!("{pid:>7} {command}");
+            }
+        }
+        return Ok(());
+    }
     let container = shared_kernel::open(&global.root, id, Access::Shared)?;
     let cgroup = shared_kernel::cgroup_manager(&container)?;
     let mut pids: Vec<i32> = cgroup

@@ -13,6 +13,9 @@ pub struct ResumeArgs {
 
 pub fn run(args: ResumeArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        return super::vm::pause(&dir, &st, false);
+    }
     let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     container
         .resume()

@@ -24,15 +24,24 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
     let id = args.opts.container_id.clone();
-    // A foreground run in vm isolation boots a sandbox VM; everything else in vm
-    // isolation is refused by create_container.
-    if !args.detach {
-        husk_runtime::container_id::validate(&id)?;
-        let (bundle, spec) = create::load_bundle_spec(&args.opts.bundle)?;
-        let decision = create::decide_isolation(&id, &spec, global)?;
-        if decision.isolation == Isolation::Vm {
-            return vm::run_foreground(&args, global, &bundle, &spec, decision);
+    // A foreground run in vm isolation supervises the sandbox VM in this process; a
+    // detached one is create (a supervisor process) + start.
+    husk_runtime::container_id::validate(&id)?;
+    let (bundle, spec) = create::load_bundle_spec(&args.opts.bundle)?;
+    let decision = create::decide_isolation(&id, &spec, global)?;
+    if decision.isolation == Isolation::Vm {
+        if !args.detach {
+            return vm::run_foreground(&args, global, &bundle, decision);
         }
+        create::create_container(&args.opts, global, None)?;
+        let Some((dir, st)) = vm::lookup(global, &id)? else {
+            anyhow::bail!("container {id} vanished right after its creation");
+        };
+        if let Err(err) = vm::start(&dir, &st) {
+            let _ = vm::delete(&dir, &st, true);
+            return Err(err);
+        }
+        return Ok(0);
     }
     // A foreground terminal with no console socket is bridged to our own stdio.
     let wants_terminal = !args.detach
@@ -49,7 +58,8 @@ pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
     };
 
     let container =
-        create::create_container(&args.opts, global, console.as_ref().map(|c| c.path()))?;
+        create::create_container(&args.opts, global, console.as_ref().map(|c| c.path()))?
+            .ok_or_else(|| anyhow::anyhow!("container {id}: isolation changed during create"))?;
     let pty = match &console {
         Some(console) => match console.receive_master() {
             Ok(fd) => Some(fd),

@@ -14,6 +14,9 @@ pub struct StartArgs {
 
 pub fn run(args: StartArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        return super::vm::start(&dir, &st);
+    }
     let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     let status = container.status();
     if status != ContainerStatus::Created {

@@ -58,6 +58,13 @@ pub struct UpdateArgs {
 
 pub fn run(args: UpdateArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
+    if let Some((dir, st)) = super::vm::lookup(global, id)? {
+        let resources = match &args.resources {
+            Some(path) => read_resources(path)?,
+            None => resources_from_flags(&args),
+        };
+        return super::vm::update(&dir, &st, &resources);
+    }
     let container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
     let resources = match &args.resources {
         Some(path) => read_resources(path)?,

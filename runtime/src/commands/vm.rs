@@ -1,112 +1,497 @@
-//! `husk run` in vm isolation (foreground): boot a sandbox VM with the bundle's rootfs
-//! shared over virtio-fs, run the container through the guest agent, relay its output
-//! and signals, exit with its status, and leave nothing behind.
+//! The vm-isolation side of each subcommand: the container runs in a sandbox VM, a
+//! supervisor process stands in for its init (see `husk_runtime::vm::supervisor`),
+//! and the commands act through the guest agent and the state file.
 
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use husk_runtime::hypervisor::{self, GuestArtifacts};
+use husk_agent_protocol::agent as pb;
+use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_runtime::isolation::IsolationDecision;
-use husk_runtime::shared_kernel;
-use husk_runtime::vm_sandbox::{self, BootParams, ForwardedSignals, VmSandbox};
-use oci_spec::runtime::Spec;
+use husk_runtime::pidfile::write_pid_file;
+use husk_runtime::shared_kernel::{self, RuntimeState};
+use husk_runtime::vm::relay::{agent_error, ctx};
+use husk_runtime::vm::sandbox::{self, ForwardedSignals, CALL_TIMEOUT};
+use husk_runtime::vm::state::{self, VmContainerState, VmStatus};
+use husk_runtime::vm::supervisor::{
+    self, ExecSupervision, ReadyPipe, Supervision, SupervisorStdio, VmLaunch,
+};
 
-use super::run::RunArgs;
 use super::GlobalOpts;
 
+/// The descriptor on which a spawned supervisor reports readiness.
+const READY_FD: i32 = 3;
+
+/// A vm-isolated container's state, if `id` names one.
+pub fn lookup(global: &GlobalOpts, id: &str) -> Result<Option<(PathBuf, VmContainerState)>> {
+    husk_runtime::container_id::validate(id)?;
+    let dir = shared_kernel::container_dir(&global.root, id);
+    if !state::exists(&dir) {
+        return Ok(None);
+    }
+    let st = state::load(&dir, id)?;
+    Ok(Some((dir, st)))
+}
+
+fn refusal(id: &str, decision: &IsolationDecision, what: impl std::fmt::Display) -> String {
+    format!(
+        "container {id}: vm isolation (requested by {}) {what}; refusing to fall back to the \
+         shared kernel",
+        decision.source
+    )
+}
+
+/// Decides everything for a vm container before anything is created.
+fn prepare(
+    id: &str,
+    bundle: &Path,
+    global: &GlobalOpts,
+    decision: &IsolationDecision,
+) -> Result<VmLaunch> {
+    let config = global.load_config()?;
+    let launch = VmLaunch::prepare(id, bundle, &config, global.hypervisor.backend())
+        .map_err(|e| anyhow!(refusal(id, decision, format_args!("cannot be provided: {e}"))))?;
+    if global.debug {
+        eprintln!(
+            "husk: vm isolation with {} ({}), {} MiB, {} vCPU",
+            launch.hypervisor.name(),
+            launch.why,
+            launch.size.memory_mib,
+            launch.size.vcpus
+        );
+    }
+    Ok(launch)
+}
+
+/// `husk run` in the foreground: supervise in this process.
 pub fn run_foreground(
-    args: &RunArgs,
+    args: &super::run::RunArgs,
     global: &GlobalOpts,
     bundle: &Path,
-    spec: &Spec,
     decision: IsolationDecision,
 ) -> Result<i32> {
     let id = args.opts.container_id.as_str();
-    let fail = |what: &str| {
-        format!(
-            "container {id}: vm isolation (requested by {}) {what}; refusing to fall back to the \
-             shared kernel",
-            decision.source
-        )
+    if args.opts.preserve_fds > 0 {
+        bail!(refusal(id, &decision, "cannot pass --preserve-fds into a VM"));
+    }
+    let launch = prepare(id, bundle, global, &decision)?;
+    let stdio = match (&args.opts.console_socket, launch.terminal) {
+        (Some(socket), true) => SupervisorStdio::ConsoleSocket(socket.clone()),
+        (None, true) => SupervisorStdio::OwnTerminal,
+        (Some(_), false) => bail!("--console-socket given but config.json has no process.terminal"),
+        (None, false) => SupervisorStdio::Inherited,
     };
-    if args.opts.console_socket.is_some()
-        || spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false)
-    {
-        bail!(fail("cannot give the process a terminal yet"));
+    global.ensure_root()?;
+    // Blocked before anything starts: a SIGTERM during boot must tear the sandbox
+    // down, not kill husk and leak the VM.
+    let signals = ForwardedSignals::block()?;
+    let dir = shared_kernel::container_dir(&global.root, id);
+    launch.claim(&dir, std::process::id() as i32)?;
+    if let Some(pid_file) = &args.opts.pid_file {
+        if let Err(e) = write_pid_file(pid_file, std::process::id() as i32) {
+            let _ = sandbox::release_dir(&dir);
+            return Err(e.into());
+        }
     }
-    if args.opts.pid_file.is_some() || args.keep || args.opts.preserve_fds > 0 {
-        bail!(fail(
-            "does not support --pid-file, --keep or --preserve-fds yet"
-        ));
-    }
-    let config = global.load_config()?;
-    let (hv, why) = hypervisor::select(global.hypervisor.backend())
-        .with_context(|| fail("cannot be provided"))?;
-    let artifacts = GuestArtifacts::find(&config.vm).with_context(|| fail("cannot be provided"))?;
-    tracing::info!(id, hypervisor = hv.name(), accel = %hv.accel(), reason = %why,
-        kernel = %artifacts.kernel.display(), initramfs = %artifacts.initramfs.display(),
-        "booting sandbox VM");
-    if global.debug {
-        eprintln!("husk: vm isolation with {} ({why})", hv.name());
-    }
+    let result = supervisor::supervise(
+        Supervision {
+            launch,
+            dir,
+            stdio,
+            ready: None,
+            start_now: true,
+            keep_state: args.keep,
+        },
+        &signals,
+    );
+    drop(signals);
+    result.with_context(|| format!("container {id} in vm isolation failed"))
+}
 
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| anyhow!("config.json has no root"))?;
-    let rootfs = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        bundle.join(root.path())
-    };
-    let host_spec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(bundle.join("config.json")).context("cannot read config.json")?,
-    )
-    .context("malformed config.json")?;
-    let (guest_spec, dropped) = vm_sandbox::guest_spec(host_spec)?;
-    for what in dropped {
-        tracing::warn!(id, "vm isolation: dropped {what}");
+/// `husk create` (and `run --detach`): claim the id, spawn the supervisor with our
+/// stdio, wait for its report, write its pid to the pid file.
+pub fn create(
+    opts: &super::create::CreateOpts,
+    global: &GlobalOpts,
+    bundle: &Path,
+    decision: IsolationDecision,
+) -> Result<()> {
+    let id = opts.container_id.as_str();
+    if opts.preserve_fds > 0 {
+        bail!(refusal(id, &decision, "cannot pass --preserve-fds into a VM"));
     }
-
-    if shared_kernel::exists(&global.root, id) {
-        bail!("container id {id} is already in use");
+    let launch = prepare(id, bundle, global, &decision)?;
+    match (&opts.console_socket, launch.terminal) {
+        (None, true) => bail!(
+            "container {id}: config.json asks for a terminal but no --console-socket was given \
+             (a detached container's terminal goes to the console socket)"
+        ),
+        (Some(_), false) => bail!("--console-socket given but config.json has no process.terminal"),
+        _ => {}
     }
     global.ensure_root()?;
-    // Block the forwarded signals before anything starts: a SIGTERM during boot must
-    // tear the sandbox down, not kill husk and leak the VM.
-    let signals = ForwardedSignals::block()?;
-    let mut sandbox = VmSandbox::boot(BootParams {
-        hypervisor: hv.as_ref(),
-        artifacts,
-        dir: shared_kernel::container_dir(&global.root, id),
-        rootfs: &rootfs,
-        memory_mib: config
-            .vm
-            .memory_mib
-            .unwrap_or(hypervisor::DEFAULT_MEMORY_MIB),
-        vcpus: config.vm.vcpus.unwrap_or(hypervisor::DEFAULT_VCPUS),
-        signals: Some(&signals),
-    })
-    .with_context(|| fail("could not boot the sandbox VM"))?;
-    tracing::info!(id, pids = ?sandbox.pids(), boot_ms = sandbox.boot_time.as_millis() as u64, "sandbox VM up");
-    let result = sandbox
-        .create_and_start(id, id, &guest_spec)
-        .and_then(|()| sandbox.wait_foreground(id, Some(&signals)));
-    let result = result.map_err(|e| {
-        if e.has_console() {
-            anyhow!("container {id} in vm isolation failed: {e}")
-        } else {
-            anyhow!(
-                "container {id} in vm isolation failed: {e}\n{}",
-                sandbox.console_log()
-            )
+    let dir = shared_kernel::container_dir(&global.root, id);
+    launch.claim(&dir, std::process::id() as i32)?;
+    drop(launch);
+
+    let mut args = supervisor_global_args(global, &dir);
+    args.push("vm-supervise".into());
+    args.push("--bundle".into());
+    args.push(bundle.display().to_string());
+    if let Some(socket) = &opts.console_socket {
+        args.push("--console-socket".into());
+        args.push(absolute(socket)?.display().to_string());
+    }
+    args.push(id.to_string());
+    let child = spawn_with_ready_pipe(&args);
+    let (mut child, ready) = match child {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = sandbox::release_dir(&dir);
+            return Err(e);
         }
+    };
+    if let Err(e) = supervisor::read_ready(ready) {
+        // The supervisor removed what it made; if it died instead, clean up after it.
+        let _ = child.wait();
+        if dir.exists() {
+            if let Err(err) = sandbox::remove_stale(&dir, id, true) {
+                tracing::warn!(id, error = %err, "cleanup after a failed create");
+            }
+        }
+        return Err(anyhow!(e).context(refusal(id, &decision, "could not create the container")));
+    }
+    let pid = child.id() as i32;
+    // Not waited for: it is the container's stand-in init and outlives us (the
+    // engine, a subreaper, reaps it). Dropping a Child neither waits nor kills.
+    drop(child);
+    if let Some(pid_file) = &opts.pid_file {
+        write_pid_file(pid_file, pid)?;
+    }
+    Ok(())
+}
+
+/// Global flags for a spawned husk helper: same root, config, backend and logging;
+/// without a log file of the caller's, a log in the sandbox dir.
+fn supervisor_global_args(global: &GlobalOpts, dir: &Path) -> Vec<String> {
+    let mut args = vec![
+        "--root".to_string(),
+        global.root.display().to_string(),
+        "--hypervisor".into(),
+        format!("{:?}", global.hypervisor).to_lowercase(),
+        "--log-format".into(),
+        format!("{:?}", global.log_format).to_lowercase(),
+        "--log".into(),
+    ];
+    args.push(match &global.log {
+        Some(log) => log.display().to_string(),
+        None => dir.join("supervisor.log").display().to_string(),
     });
-    sandbox.destroy();
-    drop(signals);
-    result
+    if global.debug {
+        args.push("--debug".into());
+    }
+    if global.systemd_cgroup {
+        args.push("--systemd-cgroup".into());
+    }
+    if let Some(config) = &global.config {
+        args.push("--config".into());
+        args.push(config.display().to_string());
+    }
+    args
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+/// Spawns `husk <args>` as a new session with our stdio and a pipe on fd 3 for its
+/// readiness report.
+fn spawn_with_ready_pipe(args: &[String]) -> Result<(std::process::Child, std::fs::File)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot make the supervisor's report pipe")?;
+    let write_fd = write.as_raw_fd();
+    let mut command = Command::new("/proc/self/exe");
+    command.arg0("husk").args(args);
+    // SAFETY: runs in the forked child before exec; dup2 and setsid are
+    // async-signal-safe and touch no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(write_fd, READY_FD) < 0 || libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .context("cannot start the sandbox supervisor")?;
+    drop(write);
+    Ok((child, std::fs::File::from(read)))
+}
+
+/// The readiness pipe a spawned supervisor inherited, if any.
+pub fn inherited_ready_pipe() -> Option<ReadyPipe> {
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor.
+    let open = unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0;
+    // SAFETY: fd 3 was set up by our parent (spawn_with_ready_pipe) and nothing else
+    // in this process owns it.
+    open.then(|| unsafe { ReadyPipe::from_raw_fd(READY_FD) })
+}
+
+/// The agent of a running vm container.
+fn agent(dir: &Path) -> Result<AgentClient> {
+    Ok(sandbox::connect_agent(dir)?)
+}
+
+fn agent_call<T>(call: &'static str, r: ttrpc::Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow!(agent_error(call, e)))
+}
+
+pub fn start(dir: &Path, st: &VmContainerState) -> Result<()> {
+    let id = &st.id;
+    let status = st.effective_status();
+    if status != VmStatus::Created {
+        bail!(
+            "cannot start container {id}: it is {}; only a created container can be started",
+            status.name()
+        );
+    }
+    sandbox::start_container(&agent(dir)?, &st.guest_id)
+        .with_context(|| format!("cannot start container {id}"))?;
+    state::update(dir, id, |s| {
+        if s.status == VmStatus::Created {
+            s.status = VmStatus::Running;
+        }
+    })?;
+    Ok(())
+}
+
+pub fn runtime_state(st: &VmContainerState) -> RuntimeState {
+    st.runtime_state()
+}
+
+pub fn kill(dir: &Path, st: &VmContainerState, signal: i32, all: bool) -> Result<()> {
+    let id = &st.id;
+    if st.effective_status() == VmStatus::Stopped {
+        if all {
+            return Ok(());
+        }
+        bail!("cannot signal container {id}: container not running");
+    }
+    let mut req = pb::SignalProcessRequest::new();
+    req.container_id = st.guest_id.clone();
+    req.signal = signal as u32;
+    req.all = all;
+    agent_call(
+        "SignalProcess",
+        agent(dir)?.signal_process(ctx(Some(CALL_TIMEOUT)), &req),
+    )
+    .with_context(|| format!("cannot signal container {id}"))?;
+    Ok(())
+}
+
+pub fn delete(dir: &Path, st: &VmContainerState, force: bool) -> Result<()> {
+    let id = &st.id;
+    let status = st.effective_status();
+    if !force && !matches!(status, VmStatus::Stopped | VmStatus::Created) {
+        bail!(
+            "cannot delete container {id}: it is {}; stop it first or use --force",
+            status.name()
+        );
+    }
+    // A created container has nothing to lose; a running one only with --force.
+    sandbox::remove_stale(dir, id, true).with_context(|| format!("cannot delete container {id}"))
+}
+
+pub fn pause(dir: &Path, st: &VmContainerState, pause: bool) -> Result<()> {
+    let id = &st.id;
+    let status = st.effective_status();
+    let (want, verb) = if pause {
+        (VmStatus::Running, "pause")
+    } else {
+        (VmStatus::Paused, "resume")
+    };
+    if status != want {
+        bail!("cannot {verb} container {id}: it is {}", status.name());
+    }
+    let mut req = pb::ContainerRequest::new();
+    req.container_id = st.guest_id.clone();
+    let agent = agent(dir)?;
+    if pause {
+        agent_call(
+            "PauseContainer",
+            agent.pause_container(ctx(Some(CALL_TIMEOUT)), &req),
+        )?;
+    } else {
+        agent_call(
+            "ResumeContainer",
+            agent.resume_container(ctx(Some(CALL_TIMEOUT)), &req),
+        )?;
+    }
+    state::update(dir, id, |s| {
+        s.status = if pause {
+            VmStatus::Paused
+        } else {
+            VmStatus::Running
+        }
+    })?;
+    Ok(())
+}
+
+/// The container's processes as the guest sees them (guest pids).
+pub fn processes(dir: &Path, st: &VmContainerState) -> Result<Vec<(i32, String)>> {
+    if st.effective_status() == VmStatus::Stopped {
+        return Ok(Vec::new());
+    }
+    let mut req = pb::ContainerRequest::new();
+    req.container_id = st.guest_id.clone();
+    let list = agent_call(
+        "ListProcesses",
+        agent(dir)?.list_processes(ctx(Some(CALL_TIMEOUT)), &req),
+    )?;
+    Ok(list
+        .processes
+        .into_iter()
+        .map(|p| (p.pid, p.command))
+        .collect())
+}
+
+pub fn update(
+    dir: &Path,
+    st: &VmContainerState,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<()> {
+    if st.effective_status() == VmStatus::Stopped {
+        bail!("cannot update container {}: it is stopped", st.id);
+    }
+    let mut req = pb::UpdateContainerRequest::new();
+    req.container_id = st.guest_id.clone();
+    req.resources_json = serde_json::to_vec(resources)?;
+    agent_call(
+        "UpdateContainer",
+        agent(dir)?.update_container(ctx(Some(CALL_TIMEOUT)), &req),
+    )
+    .with_context(|| format!("cannot update container {}", st.id))?;
+    Ok(())
+}
+
+/// Statistics in libcgroups' shape (what `husk events --stats` prints for container
+/// isolation too, and containerd's runc shim parses).
+pub fn stats(dir: &Path, st: &VmContainerState) -> Result<libcgroups::stats::Stats> {
+    if st.effective_status() == VmStatus::Stopped {
+        bail!("container {} is not running", st.id);
+    }
+    let mut req = pb::StatsContainerRequest::new();
+    req.container_id = st.guest_id.clone();
+    let s = agent_call(
+        "StatsContainer",
+        agent(dir)?.stats_container(ctx(Some(CALL_TIMEOUT)), &req),
+    )?;
+    let mut stats = libcgroups::stats::Stats::default();
+    stats.cpu.usage.usage_total = s.cpu_usage_usec.saturating_mul(1000);
+    stats.memory.memory.usage = s.memory_usage_bytes;
+    stats.memory.memory.limit = s.memory_limit_bytes;
+    stats.pids.current = s.pids_current;
+    Ok(stats)
+}
+
+/// `husk exec` into a vm container: foreground in this process, or (`--detach`) in a
+/// spawned exec supervisor whose pid goes into the pid file.
+pub struct VmExec<'a> {
+    pub dir: &'a Path,
+    pub state: &'a VmContainerState,
+    pub process: &'a oci_spec::runtime::Process,
+    pub detach: bool,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub global: &'a GlobalOpts,
+}
+
+pub fn exec(e: VmExec<'_>) -> Result<i32> {
+    let id = &e.state.id;
+    let status = e.state.effective_status();
+    if status != VmStatus::Running {
+        bail!("cannot exec in container {id}: it is {}", status.name());
+    }
+    let terminal = e.process.terminal().unwrap_or(false);
+    let stdio = match (e.console_socket, terminal) {
+        (Some(socket), true) => SupervisorStdio::ConsoleSocket(absolute(socket)?),
+        (None, true) if e.detach => {
+            bail!("exec with a terminal and --detach needs --console-socket")
+        }
+        (None, true) => SupervisorStdio::OwnTerminal,
+        (Some(_), false) => bail!("--console-socket given but the process has no terminal"),
+        (None, false) => SupervisorStdio::Inherited,
+    };
+    let exec_id = format!(
+        "exec-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let process_json = serde_json::to_vec(e.process)?;
+    if !e.detach {
+        let signals = ForwardedSignals::block()?;
+        if let Some(pid_file) = e.pid_file {
+            write_pid_file(pid_file, std::process::id() as i32)?;
+        }
+        let status = supervisor::supervise_exec(
+            ExecSupervision {
+                dir: e.dir,
+                state: e.state,
+                exec_id: &exec_id,
+                process_json: &process_json,
+                stdio,
+                ready: None,
+            },
+            &signals,
+        )
+        .with_context(|| format!("exec in container {id} failed"))?;
+        return Ok(status);
+    }
+    let process_file = e.dir.join(format!("{exec_id}.json"));
+    std::fs::write(&process_file, &process_json)
+        .with_context(|| format!("cannot write {}", process_file.display()))?;
+    let mut args = supervisor_global_args(e.global, e.dir);
+    args.extend([
+        "vm-exec-supervise".to_string(),
+        "--process".into(),
+        process_file.display().to_string(),
+        "--exec-id".into(),
+        exec_id.clone(),
+    ]);
+    if let SupervisorStdio::ConsoleSocket(socket) = &stdio {
+        args.push("--console-socket".into());
+        args.push(socket.display().to_string());
+    }
+    args.push(id.clone());
+    let spawned = spawn_with_ready_pipe(&args);
+    let (mut child, ready) = match spawned {
+        Ok(parts) => parts,
+        Err(err) => {
+            let _ = std::fs::remove_file(&process_file);
+            return Err(err);
+        }
+    };
+    let reported = supervisor::read_ready(ready);
+    let _ = std::fs::remove_file(&process_file);
+    if let Err(err) = reported {
+        let _ = child.wait();
+        return Err(anyhow!(err).context(format!("exec in container {id} failed")));
+    }
+    let pid = child.id() as i32;
+    drop(child);
+    if let Some(pid_file) = e.pid_file {
+        write_pid_file(pid_file, pid)?;
+    }
+    Ok(0)
 }

@@ -1,15 +1,15 @@
 //! VM isolation: one sandbox VM per container, booted by a [`Hypervisor`], with the
-//! container's rootfs shared over virtio-fs and the container run by husk-agent,
-//! driven over ttrpc on hybrid vsock.
+//! container's rootfs (and its bind-mount sources) shared over virtio-fs and the
+//! container run by husk-agent, driven over ttrpc on hybrid vsock.
 //!
 //! The sandbox keeps everything of the VM (sockets, logs, the shared directory with
 //! the rootfs bind-mounted into it) under one state directory and removes all of it,
-//! and every VM process, when dropped — also after errors.
+//! and every VM process, when dropped — also after errors. A supervisor that must
+//! leave the container's state for `husk state`/`husk delete` tears the VM down with
+//! [`VmSandbox::shutdown`] and keeps the state files.
 
-use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use husk_agent_protocol::agent as pb;
@@ -19,13 +19,15 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::Value;
 
+use super::guest_spec::{SharedMount, MOUNTS_DIR};
+use super::relay::{self, HostStdio, ProcessRef, RelayError};
 use crate::hypervisor::{Accel, GuestArtifacts, Hypervisor, RunningVm, VmSpec, SHARED_FS_TAG};
 
 /// How long the agent gets to answer after the VMM starts (TCG boots in ~1.5 s here;
 /// a loaded machine can take much longer).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of ordinary agent calls.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The VMM gets this long to exit by itself after DestroySandbox.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of guest console quoted in errors (the whole log goes to the debug log).
@@ -82,25 +84,19 @@ pub enum VmSandboxError {
     /// A signal arrived before the container ran.
     #[error("interrupted by {0} before the container started")]
     Interrupted(Signal),
+    /// Relaying the container's process failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
 }
 
 fn agent_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> VmSandboxError {
-    move |e| VmSandboxError::Agent {
-        call,
-        message: match e {
-            ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message),
-            other => other.to_string(),
-        },
+    move |e| match relay::agent_error(call, e) {
+        RelayError::Agent { call, message } => VmSandboxError::Agent { call, message },
+        other => VmSandboxError::Relay(other),
     }
 }
 
-fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
-    match timeout {
-        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
-        // 0: wait as long as it takes (WaitProcess, stream reads).
-        None => ttrpc::context::Context::default(),
-    }
-}
+use relay::ctx;
 
 /// Signals blocked in every thread of husk and read from a signalfd, so they can be
 /// forwarded to the container instead of killing husk (and leaking the VM).
@@ -144,56 +140,13 @@ impl Drop for ForwardedSignals {
     }
 }
 
-/// Rewrites a host OCI spec for the guest: host paths mean nothing there. Returns the
-/// spec and warnings about what was dropped.
-pub fn guest_spec(mut spec: Value) -> Result<(Value, Vec<String>), VmSandboxError> {
-    let mut dropped = Vec::new();
-    let obj = spec
-        .as_object_mut()
-        .ok_or_else(|| VmSandboxError::Spec("not a JSON object".into()))?;
-    if obj.remove("hooks").is_some() {
-        dropped.push("hooks (they name host programs)".to_string());
-    }
-    if let Some(Value::Array(mounts)) = obj.get_mut("mounts") {
-        mounts.retain(|m| {
-            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
-                || m.get("options")
-                    .and_then(Value::as_array)
-                    .is_some_and(|o| o.iter().any(|v| v == "bind" || v == "rbind"));
-            if is_bind {
-                dropped.push(format!(
-                    "bind mount of host path {} on {}",
-                    m.get("source").and_then(Value::as_str).unwrap_or("?"),
-                    m.get("destination").and_then(Value::as_str).unwrap_or("?")
-                ));
-            }
-            !is_bind
-        });
-    }
-    if let Some(process) = obj.get_mut("process").and_then(Value::as_object_mut) {
-        process.remove("apparmorProfile");
-        process.remove("selinuxLabel");
-    }
-    if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
-        // The agent picks the guest cgroup.
-        linux.remove("cgroupsPath");
-        linux.remove("mountLabel");
-        if let Some(Value::Array(namespaces)) = linux.get_mut("namespaces") {
-            for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
-                if let Some(path) = ns.remove("path") {
-                    dropped.push(format!("namespace path {path} (a host namespace)"));
-                }
-            }
-        }
-    }
-    Ok((spec, dropped))
-}
-
 /// One booted sandbox VM with its agent connection.
 pub struct VmSandbox {
     dir: PathBuf,
     shared_rootfs: PathBuf,
     mounted: bool,
+    /// Bind-mount sources bound under `shared/mounts/`, unmounted at teardown.
+    shared_mounts: Vec<PathBuf>,
     console: PathBuf,
     vm: Option<RunningVm>,
     client: Option<ttrpc::Client>,
@@ -207,10 +160,18 @@ pub struct VmSandbox {
 pub struct BootParams<'a> {
     pub hypervisor: &'a dyn Hypervisor,
     pub artifacts: GuestArtifacts,
-    /// The sandbox's state directory (created; removed on drop). Must not exist.
+    /// The sandbox's state directory (removed on drop). Must not exist unless
+    /// `claimed`.
     pub dir: PathBuf,
+    /// The caller made `dir` with [`claim_dir`] (the id is taken atomically before
+    /// the boot starts).
+    pub claimed: bool,
     /// The container's rootfs on the host, shared with the guest.
     pub rootfs: &'a Path,
+    /// Bound read-only on the host (`root.readonly`).
+    pub read_only_root: bool,
+    /// Host sources of the container's bind mounts, shared under `shared/mounts/`.
+    pub mounts: &'a [SharedMount],
     pub memory_mib: u32,
     pub vcpus: u32,
     pub signals: Option<&'a ForwardedSignals>,
@@ -219,29 +180,16 @@ pub struct BootParams<'a> {
 impl VmSandbox {
     /// Boots the VM and waits for its agent.
     pub fn boot(p: BootParams<'_>) -> Result<Self, VmSandboxError> {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&p.dir)
-            .map_err(|source| VmSandboxError::Io {
-                what: format!("create sandbox state dir {}", p.dir.display()),
-                source,
-            })?;
-        // The marker first, before anything is mounted: `husk delete` recognises a
-        // sandbox by it and never recurses into a directory holding the rootfs.
-        write_marker(&p.dir, &[]).map_err(|source| {
-            // Nothing is mounted yet: the directory can simply go.
-            let _ = std::fs::remove_dir_all(&p.dir);
-            VmSandboxError::Io {
-                what: format!("write {}", p.dir.join(MARKER).display()),
-                source,
-            }
-        })?;
+        if !p.claimed {
+            claim_dir(&p.dir)?;
+        }
         let shared = p.dir.join("shared");
         let mut sandbox = Self {
             shared_rootfs: shared.join(ROOTFS_NAME),
             console: p.dir.join("console.log"),
             dir: p.dir,
             mounted: false,
+            shared_mounts: Vec::new(),
             vm: None,
             client: None,
             destroyed: false,
@@ -268,6 +216,10 @@ impl VmSandbox {
             source,
         })?;
         sandbox.mounted = true;
+        if p.read_only_root {
+            remount_read_only(&sandbox.shared_rootfs)?;
+        }
+        sandbox.share_mounts(&shared, p.mounts)?;
         let vsock = sandbox.dir.join("vsock.sock");
         let spec = VmSpec {
             artifacts: p.artifacts,
@@ -297,6 +249,52 @@ impl VmSandbox {
         Ok(sandbox)
     }
 
+    /// Binds each bind-mount source to `shared/mounts/<name>` (read-only on the host
+    /// for `ro` mounts: the guest kernel is not trusted to honour it alone).
+    fn share_mounts(&mut self, shared: &Path, mounts: &[SharedMount]) -> Result<(), VmSandboxError> {
+        if mounts.is_empty() {
+            return Ok(());
+        }
+        let dir = shared.join(MOUNTS_DIR);
+        std::fs::create_dir(&dir).map_err(|source| VmSandboxError::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
+        for m in mounts {
+            let target = dir.join(&m.name);
+            let made = if m.is_dir {
+                std::fs::create_dir(&target)
+            } else {
+                std::fs::File::create(&target).map(drop)
+            };
+            made.map_err(|source| VmSandboxError::Io {
+                what: format!("create {}", target.display()),
+                source,
+            })?;
+            nix::mount::mount(
+                Some(&m.source),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|source| VmSandboxError::Sys {
+                what: format!("share bind-mount source {} with the guest", m.source.display()),
+                source,
+            })?;
+            self.shared_mounts.push(target.clone());
+            if m.read_only {
+                remount_read_only(&target)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The pids of the VM's host processes, the VMM first.
     pub fn pids(&self) -> Vec<u32> {
         self.vm.as_ref().map(RunningVm::pids).unwrap_or_default()
@@ -314,20 +312,6 @@ impl VmSandbox {
             when,
             console: format!("\n{}", self.console_log()),
         })
-    }
-
-    /// Like `vm_gone`, waiting up to `grace` for the VMM to be seen exiting.
-    fn vm_gone_within(&mut self, grace: Duration) -> Option<VmSandboxError> {
-        let deadline = Instant::now() + grace;
-        loop {
-            if let Some(err) = self.vm_gone("while the container ran") {
-                return Some(err);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// Whether the agent has logged that it serves (on the serial console). The first
@@ -378,20 +362,18 @@ impl VmSandbox {
         })
     }
 
-    fn agent(&self) -> AgentClient {
+    /// A client of the sandbox's agent.
+    pub fn agent(&self) -> AgentClient {
         AgentClient::new(self.client.clone().expect("connected sandbox"))
     }
 
-    /// Creates and starts the container from a guest spec (see [`guest_spec`]).
-    pub fn create_and_start(
-        &mut self,
-        sandbox_id: &str,
-        container_id: &str,
-        spec: &Value,
-    ) -> Result<(), VmSandboxError> {
+    /// CreateSandbox (hostname, shared directory) and CreateContainer from a guest
+    /// spec (see [`super::guest_spec::plan`]); the container's process waits for
+    /// [`VmSandbox::start_container`]. Its stdin is relayed from the host.
+    pub fn create_container(&mut self, container_id: &str, spec: &Value) -> Result<(), VmSandboxError> {
         let agent = self.agent();
         let mut sb = pb::CreateSandboxRequest::new();
-        sb.sandbox_id = sandbox_id.into();
+        sb.sandbox_id = container_id.into();
         sb.hostname = spec
             .get("hostname")
             .and_then(Value::as_str)
@@ -406,102 +388,47 @@ impl VmSandbox {
         req.oci_spec_json =
             serde_json::to_vec(spec).map_err(|e| VmSandboxError::Spec(e.to_string()))?;
         req.rootfs = ROOTFS_NAME.into();
-        // The container's stdin is husk's (relayed by `wait_foreground`).
         req.stdin = true;
         agent
             .create_container(ctx(Some(CALL_TIMEOUT)), &req)
             .map_err(agent_err("CreateContainer"))?;
-        let mut start = pb::StartContainerRequest::new();
-        start.container_id = container_id.into();
-        agent
-            .start_container(ctx(Some(CALL_TIMEOUT)), &start)
-            .map_err(agent_err("StartContainer"))?;
         Ok(())
     }
 
-    /// Relays the container's stdout/stderr to ours, forwards `signals` to it, and
-    /// returns its exit status (128+N if killed by signal N). Fails if the VM dies.
-    pub fn wait_foreground(
+    /// Lets a created container's process run.
+    pub fn start_container(&mut self, container_id: &str) -> Result<(), VmSandboxError> {
+        start_container(&self.agent(), container_id)
+    }
+
+    /// Relays a process of the sandbox (see [`relay::relay_process`]) and returns its
+    /// exit status; a VMM that dies meanwhile is reported with the guest console.
+    pub fn relay(
         &mut self,
         container_id: &str,
+        exec_id: &str,
+        stdio: HostStdio,
         signals: Option<&ForwardedSignals>,
     ) -> Result<i32, VmSandboxError> {
-        enum Event {
-            Exited(Result<i32, VmSandboxError>),
-            StreamDone,
-        }
         let agent = self.agent();
-        let (tx, rx) = mpsc::channel();
-        for stderr in [false, true] {
-            let agent = agent.clone();
-            let tx = tx.clone();
-            let id = container_id.to_string();
-            std::thread::spawn(move || {
-                relay(&agent, &id, stderr);
-                let _ = tx.send(Event::StreamDone);
-            });
-        }
-        {
-            // Never joined: it may block reading a terminal after the container exits.
-            let agent = agent.clone();
-            let id = container_id.to_string();
-            std::thread::spawn(move || relay_stdin(&agent, &id));
-        }
-        {
-            let agent = agent.clone();
-            let id = container_id.to_string();
-            std::thread::spawn(move || {
-                let mut w = pb::WaitProcessRequest::new();
-                w.container_id = id;
-                let r = agent
-                    .wait_process(ctx(None), &w)
-                    .map(|r| r.status)
-                    .map_err(agent_err("WaitProcess"));
-                let _ = tx.send(Event::Exited(r));
-            });
-        }
-        let mut streams_open = 2;
-        let status = loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Event::Exited(Ok(status))) => break status,
-                Ok(Event::Exited(Err(e))) => {
-                    // A dead VMM drops the agent connection: name the real cause.
-                    return Err(self.vm_gone_within(Duration::from_millis(500)).unwrap_or(e));
-                }
-                Ok(Event::StreamDone) => streams_open -= 1,
-                Err(_) => {}
-            }
-            if let Some(err) = self.vm_gone("while the container ran") {
-                return Err(err);
-            }
-            while let Some(sig) = signals.and_then(ForwardedSignals::pending) {
-                tracing::debug!(?sig, "forwarding signal to the container");
-                let mut s = pb::SignalProcessRequest::new();
-                s.container_id = container_id.into();
-                s.signal = sig as u32;
-                if let Err(e) = agent.signal_process(ctx(Some(CALL_TIMEOUT)), &s) {
-                    tracing::warn!(?sig, error = %e, "cannot forward signal");
-                }
-            }
+        let process = ProcessRef {
+            agent: &agent,
+            container_id,
+            exec_id,
         };
-        // The process is gone; its output may still be in flight (or held open by
-        // a child it left behind: do not wait for that forever).
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while streams_open > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Event::StreamDone) => streams_open -= 1,
-                Ok(Event::Exited(_)) => {}
-                Err(_) => break,
-            }
-        }
-        Ok(status)
+        let mut vm_gone = || self.vm_gone("while the container ran").map(|e| e.to_string());
+        Ok(relay::relay_process(&process, stdio, signals, &mut vm_gone)?)
     }
 
     /// Tears the sandbox down: DestroySandbox (the agent removes the containers and
     /// resets the VM), then stops the VM processes, unmounts and removes the state
     /// directory. Idempotent; also run on drop.
     pub fn destroy(&mut self) {
+        self.shutdown(&[]);
+    }
+
+    /// Like [`VmSandbox::destroy`], but the files named in `keep` stay in the state
+    /// directory (with it): a stopped container's state until `husk delete`.
+    pub fn shutdown(&mut self, keep: &[&str]) {
         if self.destroyed {
             return;
         }
@@ -534,6 +461,15 @@ impl VmSandbox {
                 );
             }
         }
+        self.shared_mounts.retain(|target| {
+            match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %target.display(), "cannot unmount a shared bind-mount source");
+                    true
+                }
+            }
+        });
         if self.mounted {
             if let Err(e) =
                 nix::mount::umount2(&self.shared_rootfs, nix::mount::MntFlags::MNT_DETACH)
@@ -543,12 +479,12 @@ impl VmSandbox {
                 self.mounted = false;
             }
         }
-        if self.mounted {
-            // Never recurse into a still-mounted rootfs.
-            tracing::error!(dir = %self.dir.display(), "leaving the sandbox dir: rootfs still mounted");
+        if self.mounted || !self.shared_mounts.is_empty() {
+            // Never recurse into a still-mounted rootfs or volume.
+            tracing::error!(dir = %self.dir.display(), "leaving the sandbox dir: rootfs or a volume still mounted");
             return;
         }
-        if let Err(e) = remove_sandbox_dir(&self.dir) {
+        if let Err(e) = remove_sandbox_dir(&self.dir, keep) {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove the sandbox dir");
         }
     }
@@ -558,6 +494,28 @@ impl Drop for VmSandbox {
     fn drop(&mut self) {
         self.destroy();
     }
+}
+
+/// Creates a sandbox's state directory (mode 0700; failing if it exists, which makes
+/// it the atomic claim of a container id) with its marker.
+pub fn claim_dir(dir: &Path) -> Result<(), VmSandboxError> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| VmSandboxError::Io {
+            what: format!("create sandbox state dir {}", dir.display()),
+            source,
+        })?;
+    // The marker first, before anything is mounted: `husk delete` recognises a
+    // sandbox by it and never recurses into a directory holding the rootfs.
+    write_marker(dir, &[]).map_err(|source| {
+        // Nothing is mounted yet: the directory can simply go.
+        let _ = std::fs::remove_dir_all(dir);
+        VmSandboxError::Io {
+            what: format!("write {}", dir.join(MARKER).display()),
+            source,
+        }
+    })
 }
 
 /// The file that marks a directory as a VM sandbox's state: `{"husk_pid", "pids"}`.
@@ -583,11 +541,29 @@ fn alive_mentioning(pid: u32, needle: &str) -> bool {
 }
 
 /// Removes a sandbox state directory without ever recursing into the rootfs bind
-/// mount: the shared directory is removed with `remove_dir`, which fails on a
-/// non-empty (still mounted) rootfs.
-fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
+/// mount or a shared volume: those are removed with `remove_dir`/`remove_file`, which
+/// fail on a still-mounted (non-empty or busy) target. Files named in `keep` stay,
+/// and so does the directory then.
+fn remove_sandbox_dir(dir: &Path, keep: &[&str]) -> std::io::Result<()> {
     let shared = dir.join("shared");
-    for d in [shared.join(ROOTFS_NAME), shared.clone()] {
+    let mounts = shared.join(MOUNTS_DIR);
+    if let Ok(entries) = std::fs::read_dir(&mounts) {
+        for entry in entries {
+            let entry = entry?;
+            let removed = if entry.file_type()?.is_dir() {
+                std::fs::remove_dir(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            };
+            removed.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e} (still mounted?)", entry.path().display()),
+                )
+            })?;
+        }
+    }
+    for d in [shared.join(ROOTFS_NAME), mounts, shared.clone()] {
         match std::fs::remove_dir(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -601,6 +577,9 @@ fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
     }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
+        if keep.iter().any(|k| entry.file_name() == *k) {
+            continue;
+        }
         if entry.file_type()?.is_dir() {
             return Err(std::io::Error::other(format!(
                 "unexpected directory {} in a sandbox dir",
@@ -609,7 +588,55 @@ fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
         }
         std::fs::remove_file(entry.path())?;
     }
-    std::fs::remove_dir(dir)
+    if keep.is_empty() {
+        std::fs::remove_dir(dir)
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes a claimed sandbox directory in which nothing was mounted or started (a
+/// create that failed early); like everything here it never recurses into mounts.
+pub fn release_dir(dir: &Path) -> std::io::Result<()> {
+    remove_sandbox_dir(dir, &[])
+}
+
+/// Makes a bind mount read-only (a bind mount takes MS_RDONLY only on remount).
+fn remount_read_only(target: &Path) -> Result<(), VmSandboxError> {
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|source| VmSandboxError::Sys {
+        what: format!("make {} read-only", target.display()),
+        source,
+    })
+}
+
+/// StartContainer through any agent client.
+pub fn start_container(agent: &AgentClient, container_id: &str) -> Result<(), VmSandboxError> {
+    let mut start = pb::StartContainerRequest::new();
+    start.container_id = container_id.into();
+    agent
+        .start_container(ctx(Some(CALL_TIMEOUT)), &start)
+        .map_err(agent_err("StartContainer"))?;
+    Ok(())
+}
+
+/// Connects to the agent of a running sandbox (from any husk process) through its
+/// hybrid vsock socket.
+pub fn connect_agent(dir: &Path) -> Result<AgentClient, VmSandboxError> {
+    let vsock = dir.join("vsock.sock");
+    let client = hybrid_vsock::connect_ttrpc(&vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
+        .map_err(|e| VmSandboxError::Agent {
+            call: "connect",
+            message: format!("{}: {e}", vsock.display()),
+        })?;
+    Ok(AgentClient::new(client))
 }
 
 /// Cleans up what a sandbox whose husk died (e.g. SIGKILL) left in `dir`: its VM
@@ -654,6 +681,19 @@ pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxEr
     while pids.iter().any(|&p| alive_mentioning(p, &needle)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    if let Ok(entries) = std::fs::read_dir(dir.join("shared").join(MOUNTS_DIR)) {
+        for entry in entries.flatten() {
+            match nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(source) => {
+                    return Err(VmSandboxError::Sys {
+                        what: format!("unmount {}", entry.path().display()),
+                        source,
+                    })
+                }
+            }
+        }
+    }
     let rootfs = dir.join("shared").join(ROOTFS_NAME);
     if rootfs.exists() {
         // EINVAL: not mounted (any more).
@@ -667,75 +707,7 @@ pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxEr
             }
         }
     }
-    remove_sandbox_dir(dir).map_err(io(format!("remove {}", dir.display())))
-}
-
-/// Copies our stdin to the container's init until end of file, then closes its stdin.
-fn relay_stdin(agent: &AgentClient, id: &str) {
-    use std::io::Read;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut stdin = std::io::stdin().lock();
-    loop {
-        let n = match stdin.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        if n == 0 {
-            break;
-        }
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            let mut w = pb::WriteStreamRequest::new();
-            w.container_id = id.into();
-            w.data = data.to_vec();
-            match agent.write_stdin(ctx(None), &w) {
-                Ok(r) if r.len > 0 => data = &data[(r.len as usize).min(data.len())..],
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "stdin relay ended");
-                    return;
-                }
-            }
-        }
-    }
-    let mut c = pb::CloseStdinRequest::new();
-    c.container_id = id.into();
-    if let Err(e) = agent.close_stdin(ctx(Some(CALL_TIMEOUT)), &c) {
-        tracing::debug!(error = %e, "CloseStdin");
-    }
-}
-
-/// Copies one stream of the container's init to ours until end of stream.
-fn relay(agent: &AgentClient, id: &str, stderr: bool) {
-    loop {
-        let mut r = pb::ReadStreamRequest::new();
-        r.container_id = id.into();
-        r.len = 64 * 1024;
-        let chunk = if stderr {
-            agent.read_stderr(ctx(None), &r)
-        } else {
-            agent.read_stdout(ctx(None), &r)
-        };
-        let data = match chunk {
-            Ok(c) if !c.data.is_empty() => c.data,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, stderr, "stream relay ended");
-                return;
-            }
-        };
-        let written = if stderr {
-            let mut out = std::io::stderr().lock();
-            out.write_all(&data).and_then(|()| out.flush())
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&data).and_then(|()| out.flush())
-        };
-        if written.is_err() {
-            return;
-        }
-    }
+    remove_sandbox_dir(dir, &[]).map_err(io(format!("remove {}", dir.display())))
 }
 
 /// The last `lines` lines of the guest console, framed for an error message.
@@ -757,38 +729,9 @@ impl VmSandboxError {
     pub fn has_console(&self) -> bool {
         matches!(
             self,
-            VmSandboxError::AgentTimeout { .. } | VmSandboxError::VmExited { .. }
+            VmSandboxError::AgentTimeout { .. }
+                | VmSandboxError::VmExited { .. }
+                | VmSandboxError::Relay(RelayError::VmGone(_))
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn guest_spec_drops_host_only_parts() {
-        let spec = json!({
-            "ociVersion": "1.0.2",
-            "hooks": {"prestart": [{"path": "/usr/bin/x"}]},
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts"},
-                {"destination": "/data", "source": "/srv", "options": ["rbind", "ro"]}
-            ],
-            "process": {"args": ["true"], "apparmorProfile": "docker-default"},
-            "linux": {
-                "cgroupsPath": "/docker/abc",
-                "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]
-            }
-        });
-        let (out, dropped) = guest_spec(spec).unwrap();
-        assert!(out.get("hooks").is_none());
-        assert_eq!(out["mounts"].as_array().unwrap().len(), 1);
-        assert!(out["linux"].get("cgroupsPath").is_none());
-        assert!(out["linux"]["namespaces"][1].get("path").is_none());
-        assert!(out["process"].get("apparmorProfile").is_none());
-        assert_eq!(dropped.len(), 4, "{dropped:?}");
     }
 }
