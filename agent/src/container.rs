@@ -920,7 +920,7 @@ mod tests {
             read_cgroup_pids(dir.path()),
             Err(ContainerError::Cgroup(_))
         ));
-        assert!(command_line(std::process::id() as i32).len() > 0);
+        assert!(!command_line(std::process::id() as i32).is_empty());
         assert_eq!(command_line(-1), "");
     }
 

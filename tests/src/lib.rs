@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod engines;
 pub mod fixture;
+pub mod guest;
 pub mod leaks;
 
 use std::path::{Path, PathBuf};

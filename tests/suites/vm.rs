@@ -167,7 +167,9 @@ impl<'a> Husk<'a> {
     /// Waits until `husk state` says stopped.
     fn wait_stopped(&self, id: &str) -> Result<(), Failed> {
         let stopped = cmd::wait_until(TIMEOUT, || self.state(id)["status"] == "stopped");
-        self.expect(stopped, || format!("{id} never stopped: {}", self.state(id)))
+        self.expect(stopped, || {
+            format!("{id} never stopped: {}", self.state(id))
+        })
     }
 
     /// A failure that carries everything needed to debug it: the output and husk's
@@ -474,13 +476,21 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             let pids: Vec<i32> = serde_json::from_str(ps.stdout_trimmed()).unwrap_or_default();
             husk.expect(pids.len() >= 2, || format!("ps: want sh and sleep: {ps:?}"))?;
             let table = husk.husk(&["ps", &id]).ok();
-            husk.expect(table.stdout.contains("sleep 600"), || format!("ps: {table:?}"))?;
+            husk.expect(table.stdout.contains("sleep 600"), || {
+                format!("ps: {table:?}")
+            })?;
             husk.husk(&["pause", &id]).ok();
-            husk.expect(husk.state(&id)["status"] == "paused", || "not paused".into())?;
+            husk.expect(husk.state(&id)["status"] == "paused", || {
+                "not paused".into()
+            })?;
             husk.husk(&["resume", &id]).ok();
-            husk.expect(husk.state(&id)["status"] == "running", || "not resumed".into())?;
+            husk.expect(husk.state(&id)["status"] == "running", || {
+                "not resumed".into()
+            })?;
             let stats = husk.husk(&["events", "--stats", &id]).ok();
-            husk.expect(stats.stdout.contains("\"type\":\"stats\""), || format!("events: {stats:?}"))?;
+            husk.expect(stats.stdout.contains("\"type\":\"stats\""), || {
+                format!("events: {stats:?}")
+            })?;
             husk.husk(&["delete", &id]).fails_with("it is running");
             husk.husk(&["kill", &id, "TERM"]).ok();
             husk.wait_stopped(&id)?;
@@ -489,7 +499,8 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             husk.expect(status == Some(9) && out.contains("got-term"), || {
                 format!("want got-term and supervisor exit 9, got {status:?}, stdout {out:?}")
             })?;
-            husk.husk(&["kill", &id, "TERM"]).fails_with("container not running");
+            husk.husk(&["kill", &id, "TERM"])
+                .fails_with("container not running");
             husk.husk(&["delete", &id]).ok();
             husk.assert_clean(&id)
         }),
@@ -507,7 +518,9 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 &id,
             ])
             .ok();
-            husk.expect(husk.state(&id)["status"] == "running", || "not running".into())?;
+            husk.expect(husk.state(&id)["status"] == "running", || {
+                "not running".into()
+            })?;
             let pid_file = husk.dir.path().join("exec.pid");
             let marker = husk.dir.path().join("exec.out");
             let mut command = husk.command();
@@ -517,7 +530,9 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 .args([&id, "sh", "-c", "echo from-detached-exec; exit 4"])
                 .stdout(std::fs::File::create(&marker).unwrap());
             let status = Background::spawn(&mut command).wait(TIMEOUT);
-            husk.expect(status.is_some_and(|s| s.success()), || format!("exec -d: {status:?}"))?;
+            husk.expect(status.is_some_and(|s| s.success()), || {
+                format!("exec -d: {status:?}")
+            })?;
             let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
             let code = reap(pid);
             let out = std::fs::read_to_string(&marker).unwrap_or_default();
@@ -536,7 +551,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     "sh",
                     "-c",
                     "tr '\\0' ' ' </proc/1/cmdline; echo; ls /proc | grep -c '^[0-9]'; \
-                     test -e /run/husk/shared && echo sees-agent-mounts; hostname",
+                     test -e /run/husk/shared && echo sees-agent-mounts | tr a-z A-Z; hostname",
                 ],
             );
             let lines: Vec<&str> = out.stdout.lines().collect();
@@ -544,7 +559,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 out.code == 0
                     && lines.first().is_some_and(|l| l.starts_with("sh "))
                     && lines.get(1).is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 3))
-                    && !out.stdout.contains("sees-agent-mounts")
+                    && !out.stdout.contains("SEES-AGENT-MOUNTS")
                     && lines.get(2) == Some(&"husk"),
                 || format!("want own pid 1 (sh), few processes, no agent mounts, own hostname: {out:?}"),
             )?;
@@ -672,71 +687,17 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
     ]
 }
 
-/// Builds (if needed) and finds the guest kernel and initramfs; fails loudly.
-fn guest_artifacts() -> (PathBuf, PathBuf) {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = cmd::run(
-        Command::new("make")
-            .args(["-s", "guest-artifacts"])
-            .current_dir(workspace),
-        Duration::from_secs(3600),
-    )
-    .ok();
-    let find = |key: &str| {
-        out.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(PathBuf::from)
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!("`make -s guest-artifacts` printed no existing {key}<path>: {out:?}")
-            })
-    };
-    (find("kernel="), find("initramfs="))
-}
-
-/// The vhost-user helpers, cargo-installed into $HUSK_CACHE/bin when missing, exactly
-/// as tests/guest/boot_test.sh does (`make e2e` runs before `make test-guest`).
-fn ensure_helpers() {
-    let cache = std::env::var_os("HUSK_CACHE")
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME or HUSK_CACHE")).join(".cache/husk")
-        });
-    for (name, version) in [("vhost-device-vsock", "0.3.0"), ("virtiofsd", "1.14.0")] {
-        if cache.join("bin").join(name).is_file() || husk_e2e::which(name).is_some() {
-            continue;
-        }
-        eprintln!(
-            "vm suite: installing {name} {version} into {}/bin (a few minutes)",
-            cache.display()
-        );
-        let status = Command::new("cargo")
-            .args(["install", "--locked", name, "--version", version, "--root"])
-            .arg(&cache)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo install {name}: {e}"));
-        assert!(
-            status.success(),
-            "cargo install {name} failed (virtiofsd needs libcap-ng-dev and libseccomp-dev)"
-        );
-    }
-}
-
 fn main() {
     let args = Arguments::from_args();
     husk_e2e::require_root("vm");
     // Supervisors of detached containers outlive `husk create`; as a subreaper this
     // suite inherits them and can check their exit status, as an engine does.
     // SAFETY: prctl with integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "cannot become a child subreaper");
     husk_e2e::require_program("qemu-system-x86_64");
-    let (kernel, initramfs) = guest_artifacts();
-    ensure_helpers();
+    let (kernel, initramfs) = husk_e2e::guest::artifacts();
+    husk_e2e::guest::ensure_helpers();
     let env = Arc::new(Env {
         rootfs: Rootfs::busybox(),
         kernel,

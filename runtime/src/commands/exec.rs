@@ -84,7 +84,9 @@ pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
     let id = args.container_id.clone();
     if let Some((dir, st)) = super::vm::lookup(global, &id)? {
         if args.preserve_fds > 0 {
-            bail!("cannot exec in container {id}: --preserve-fds cannot pass descriptors into a VM");
+            bail!(
+                "cannot exec in container {id}: --preserve-fds cannot pass descriptors into a VM"
+            );
         }
         let process = match &args.process {
             Some(path) => read_process(path)?,

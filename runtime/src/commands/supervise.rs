@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use clap::Args;
 use husk_runtime::shared_kernel;
 use husk_runtime::vm::sandbox::ForwardedSignals;
@@ -47,9 +47,10 @@ pub fn run(args: SuperviseArgs, global: &GlobalOpts) -> Result<i32> {
         Ok(launch) => launch,
         Err(e) => {
             let _ = husk_runtime::vm::sandbox::release_dir(&dir);
-            let message = format!("error: {e}");
-            drop(ready_report(ready, &message));
-            bail!(e);
+            // husk create prints the error; our stderr is the container's.
+            tracing::error!(id, "container supervisor: {e}");
+            drop(ready_report(ready, &format!("error: {e}")));
+            return Ok(1);
         }
     };
     let stdio = match args.console_socket {
@@ -90,16 +91,19 @@ pub fn run_exec(args: ExecSuperviseArgs, global: &GlobalOpts) -> Result<i32> {
     let dir = shared_kernel::container_dir(&global.root, id);
     let process_json = std::fs::read(&args.process);
     let _ = std::fs::remove_file(&args.process);
-    let loaded = state::load(&dir, id).map_err(anyhow::Error::from).and_then(|st| {
-        process_json
-            .map(|json| (st, json))
-            .with_context(|| format!("cannot read {}", args.process.display()))
-    });
+    let loaded = state::load(&dir, id)
+        .map_err(anyhow::Error::from)
+        .and_then(|st| {
+            process_json
+                .map(|json| (st, json))
+                .with_context(|| format!("cannot read {}", args.process.display()))
+        });
     let (st, process_json) = match loaded {
         Ok(parts) => parts,
         Err(e) => {
+            tracing::error!(id, "exec supervisor: {e:#}");
             drop(ready_report(ready, &format!("error: {e:#}")));
-            return Err(e);
+            return Ok(1);
         }
     };
     let stdio = match args.console_socket {

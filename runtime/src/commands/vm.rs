@@ -52,8 +52,14 @@ fn prepare(
     decision: &IsolationDecision,
 ) -> Result<VmLaunch> {
     let config = global.load_config()?;
-    let launch = VmLaunch::prepare(id, bundle, &config, global.hypervisor.backend())
-        .map_err(|e| anyhow!(refusal(id, decision, format_args!("cannot be provided: {e}"))))?;
+    let launch =
+        VmLaunch::prepare(id, bundle, &config, global.hypervisor.backend()).map_err(|e| {
+            anyhow!(refusal(
+                id,
+                decision,
+                format_args!("cannot be provided: {e}")
+            ))
+        })?;
     if global.debug {
         eprintln!(
             "husk: vm isolation with {} ({}), {} MiB, {} vCPU",
@@ -75,7 +81,11 @@ pub fn run_foreground(
 ) -> Result<i32> {
     let id = args.opts.container_id.as_str();
     if args.opts.preserve_fds > 0 {
-        bail!(refusal(id, &decision, "cannot pass --preserve-fds into a VM"));
+        bail!(refusal(
+            id,
+            &decision,
+            "cannot pass --preserve-fds into a VM"
+        ));
     }
     let launch = prepare(id, bundle, global, &decision)?;
     let stdio = match (&args.opts.console_socket, launch.terminal) {
@@ -121,7 +131,11 @@ pub fn create(
 ) -> Result<()> {
     let id = opts.container_id.as_str();
     if opts.preserve_fds > 0 {
-        bail!(refusal(id, &decision, "cannot pass --preserve-fds into a VM"));
+        bail!(refusal(
+            id,
+            &decision,
+            "cannot pass --preserve-fds into a VM"
+        ));
     }
     let launch = prepare(id, bundle, global, &decision)?;
     match (&opts.console_socket, launch.terminal) {
@@ -240,6 +254,12 @@ fn spawn_with_ready_pipe(args: &[String]) -> Result<(std::process::Child, std::f
 pub fn inherited_ready_pipe() -> Option<ReadyPipe> {
     // SAFETY: fcntl(F_GETFD) only queries the descriptor.
     let open = unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0;
+    if open {
+        // Not inherited further: a VM process holding it would keep `husk create`
+        // waiting for end of file after our report.
+        // SAFETY: sets a descriptor flag; no memory is passed.
+        unsafe { libc::fcntl(READY_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: fd 3 was set up by our parent (spawn_with_ready_pipe) and nothing else
     // in this process owns it.
     open.then(|| unsafe { ReadyPipe::from_raw_fd(READY_FD) })

@@ -59,7 +59,8 @@ pub struct SharedMount {
 pub struct GuestPlan {
     pub spec: Value,
     pub mounts: Vec<SharedMount>,
-    /// `root.readonly`: the rootfs is bound read-only on the host too.
+    /// `root.readonly` (the guest makes the rootfs read-only after creating the
+    /// mountpoints in it, as runc does; the host bind stays writable for that).
     pub read_only_root: bool,
     /// What was dropped because it has no meaning in the guest (logged as warnings).
     pub dropped: Vec<String>,
@@ -146,12 +147,7 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
                         !matches!(
                             v.as_str(),
                             Some(
-                                "rprivate"
-                                    | "private"
-                                    | "rslave"
-                                    | "slave"
-                                    | "rshared"
-                                    | "shared"
+                                "rprivate" | "private" | "rslave" | "slave" | "rshared" | "shared"
                             )
                         )
                     });
@@ -357,10 +353,7 @@ mod tests {
             {"destination": "/d", "type": "bind", "source": "/nonexistent/husk-src"}]});
         let err = plan(spec).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/husk-src"), "{err}");
-        assert!(matches!(
-            plan(json!([1])),
-            Err(GuestSpecError::NotAnObject)
-        ));
+        assert!(matches!(plan(json!([1])), Err(GuestSpecError::NotAnObject)));
     }
 
     #[test]

@@ -97,7 +97,10 @@ pub fn relay_process(
         HostStdio::Inherited => {
             for stderr in [false, true] {
                 let (agent, tx) = (agent.clone(), tx.clone());
-                let (id, exec) = (process.container_id.to_string(), process.exec_id.to_string());
+                let (id, exec) = (
+                    process.container_id.to_string(),
+                    process.exec_id.to_string(),
+                );
                 streams_open += 1;
                 std::thread::spawn(move || {
                     let sink: Box<dyn Write> = if stderr {
@@ -111,7 +114,10 @@ pub fn relay_process(
             }
             // Never joined: it may block reading our stdin after the process exits.
             let agent = agent.clone();
-            let (id, exec) = (process.container_id.to_string(), process.exec_id.to_string());
+            let (id, exec) = (
+                process.container_id.to_string(),
+                process.exec_id.to_string(),
+            );
             std::thread::spawn(move || copy_input(&agent, &id, &exec, std::io::stdin()));
         }
         HostStdio::Terminal {
@@ -120,21 +126,30 @@ pub fn relay_process(
             size_from,
         } => {
             let (agent2, tx2) = (agent.clone(), tx.clone());
-            let (id, exec) = (process.container_id.to_string(), process.exec_id.to_string());
+            let (id, exec) = (
+                process.container_id.to_string(),
+                process.exec_id.to_string(),
+            );
             streams_open += 1;
             std::thread::spawn(move || {
                 copy_output(&agent2, &id, &exec, false, Box::new(output));
                 let _ = tx2.send(Event::StreamDone);
             });
             let agent2 = agent.clone();
-            let (id, exec) = (process.container_id.to_string(), process.exec_id.to_string());
+            let (id, exec) = (
+                process.container_id.to_string(),
+                process.exec_id.to_string(),
+            );
             std::thread::spawn(move || copy_input(&agent2, &id, &exec, input));
             resize = Some(WindowFollower::new(size_from));
         }
     }
     {
         let agent = agent.clone();
-        let (id, exec) = (process.container_id.to_string(), process.exec_id.to_string());
+        let (id, exec) = (
+            process.container_id.to_string(),
+            process.exec_id.to_string(),
+        );
         std::thread::spawn(move || {
             let mut w = pb::WaitProcessRequest::new();
             w.container_id = id;
@@ -361,10 +376,8 @@ mod tests {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCSWINSZ only reads the winsize we pass.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0);
         // The engine resizes the master; the slave (which husk relays) sees it.
         assert_eq!(window_size(&pty.slave), Some((33, 101)));
         let attrs = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
@@ -392,10 +405,9 @@ mod tests {
             nix::sys::socket::MsgFlags::empty(),
         )
         .unwrap();
-        let got = msg
-            .cmsgs()
-            .unwrap()
-            .any(|c| matches!(c, nix::sys::socket::ControlMessageOwned::ScmRights(f) if f.len() == 1));
+        let got = msg.cmsgs().unwrap().any(
+            |c| matches!(c, nix::sys::socket::ControlMessageOwned::ScmRights(f) if f.len() == 1),
+        );
         assert!(got);
         let err = pty
             .send_master(&dir.path().join("nope.sock"))

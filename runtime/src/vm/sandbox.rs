@@ -168,8 +168,6 @@ pub struct BootParams<'a> {
     pub claimed: bool,
     /// The container's rootfs on the host, shared with the guest.
     pub rootfs: &'a Path,
-    /// Bound read-only on the host (`root.readonly`).
-    pub read_only_root: bool,
     /// Host sources of the container's bind mounts, shared under `shared/mounts/`.
     pub mounts: &'a [SharedMount],
     pub memory_mib: u32,
@@ -216,9 +214,6 @@ impl VmSandbox {
             source,
         })?;
         sandbox.mounted = true;
-        if p.read_only_root {
-            remount_read_only(&sandbox.shared_rootfs)?;
-        }
         sandbox.share_mounts(&shared, p.mounts)?;
         let vsock = sandbox.dir.join("vsock.sock");
         let spec = VmSpec {
@@ -251,7 +246,11 @@ impl VmSandbox {
 
     /// Binds each bind-mount source to `shared/mounts/<name>` (read-only on the host
     /// for `ro` mounts: the guest kernel is not trusted to honour it alone).
-    fn share_mounts(&mut self, shared: &Path, mounts: &[SharedMount]) -> Result<(), VmSandboxError> {
+    fn share_mounts(
+        &mut self,
+        shared: &Path,
+        mounts: &[SharedMount],
+    ) -> Result<(), VmSandboxError> {
         if mounts.is_empty() {
             return Ok(());
         }
@@ -279,7 +278,10 @@ impl VmSandbox {
                 None::<&str>,
             )
             .map_err(|source| VmSandboxError::Sys {
-                what: format!("share bind-mount source {} with the guest", m.source.display()),
+                what: format!(
+                    "share bind-mount source {} with the guest",
+                    m.source.display()
+                ),
                 source,
             })?;
             self.shared_mounts.push(target.clone());
@@ -347,7 +349,10 @@ impl VmSandbox {
                 Ok(client) => {
                     let health = HealthClient::new(client.clone());
                     match health.check(ctx(Some(CALL_TIMEOUT)), &pb::CheckRequest::new()) {
-                        Ok(_) => return Ok(client),
+                        Ok(_) => {
+                            check_protocol(&health)?;
+                            return Ok(client);
+                        }
                         Err(e) => last = format!("health check: {e}"),
                     }
                 }
@@ -370,7 +375,11 @@ impl VmSandbox {
     /// CreateSandbox (hostname, shared directory) and CreateContainer from a guest
     /// spec (see [`super::guest_spec::plan`]); the container's process waits for
     /// [`VmSandbox::start_container`]. Its stdin is relayed from the host.
-    pub fn create_container(&mut self, container_id: &str, spec: &Value) -> Result<(), VmSandboxError> {
+    pub fn create_container(
+        &mut self,
+        container_id: &str,
+        spec: &Value,
+    ) -> Result<(), VmSandboxError> {
         let agent = self.agent();
         let mut sb = pb::CreateSandboxRequest::new();
         sb.sandbox_id = container_id.into();
@@ -415,8 +424,16 @@ impl VmSandbox {
             container_id,
             exec_id,
         };
-        let mut vm_gone = || self.vm_gone("while the container ran").map(|e| e.to_string());
-        Ok(relay::relay_process(&process, stdio, signals, &mut vm_gone)?)
+        let mut vm_gone = || {
+            self.vm_gone("while the container ran")
+                .map(|e| e.to_string())
+        };
+        Ok(relay::relay_process(
+            &process,
+            stdio,
+            signals,
+            &mut vm_gone,
+        )?)
     }
 
     /// Tears the sandbox down: DestroySandbox (the agent removes the containers and
@@ -494,6 +511,27 @@ impl Drop for VmSandbox {
     fn drop(&mut self) {
         self.destroy();
     }
+}
+
+/// Refuses an agent older than this husk: an initramfs built from an older agent
+/// would fail later, call by call, with "method does not exist".
+fn check_protocol(health: &HealthClient) -> Result<(), VmSandboxError> {
+    let version = health
+        .version(ctx(Some(CALL_TIMEOUT)), &pb::CheckRequest::new())
+        .map_err(agent_err("Version"))?;
+    if version.protocol_version < husk_agent_protocol::PROTOCOL_VERSION {
+        return Err(VmSandboxError::Agent {
+            call: "Version",
+            message: format!(
+                "the guest agent {} speaks protocol {}, this husk needs {}: the initramfs is \
+                 stale; rebuild it (make initramfs) or point [vm] initramfs at a current one",
+                version.agent_version,
+                version.protocol_version,
+                husk_agent_protocol::PROTOCOL_VERSION
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Creates a sandbox's state directory (mode 0700; failing if it exists, which makes

@@ -91,10 +91,14 @@ impl VmLaunch {
         backend: Backend,
     ) -> Result<Self, SupervisorError> {
         let config_path = bundle.join("config.json");
-        let text = std::fs::read(&config_path)
-            .map_err(|e| SupervisorError::Bundle(format!("cannot read {}: {e}", config_path.display())))?;
+        let text = std::fs::read(&config_path).map_err(|e| {
+            SupervisorError::Bundle(format!("cannot read {}: {e}", config_path.display()))
+        })?;
         let spec: Value = serde_json::from_slice(&text).map_err(|e| {
-            SupervisorError::Bundle(format!("malformed config.json in bundle {}: {e}", bundle.display()))
+            SupervisorError::Bundle(format!(
+                "malformed config.json in bundle {}: {e}",
+                bundle.display()
+            ))
         })?;
         let root = spec["root"]["path"]
             .as_str()
@@ -149,7 +153,9 @@ impl VmLaunch {
             return Err(SupervisorError::InUse(self.id.clone()));
         }
         sandbox::claim_dir(dir).map_err(|e| match e {
-            VmSandboxError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            VmSandboxError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
                 SupervisorError::InUse(self.id.clone())
             }
             other => other.into(),
@@ -214,8 +220,7 @@ pub fn read_ready(mut pipe: File) -> Result<(), SupervisorError> {
         None if text == "ok" => Ok(()),
         Some(message) => Err(SupervisorError::Supervisor(message.to_string())),
         None => Err(SupervisorError::Supervisor(
-            "the sandbox supervisor exited before the container was created (see the log)"
-                .into(),
+            "the sandbox supervisor exited before the container was created (see the log)".into(),
         )),
     }
 }
@@ -321,9 +326,9 @@ pub fn supervise(s: Supervision, signals: &ForwardedSignals) -> Result<i32, Supe
     }
     let status = status.map_err(|e| match e {
         // The VM-exited message carries the console already.
-        SupervisorError::Sandbox(err) if !err.has_console() => SupervisorError::Supervisor(
-            format!("{err}\n{}", sandbox.console_log()),
-        ),
+        SupervisorError::Sandbox(err) if !err.has_console() => {
+            SupervisorError::Supervisor(format!("{err}\n{}", sandbox.console_log()))
+        }
         other => other,
     });
     if keep_state {
@@ -363,9 +368,7 @@ pub fn supervise_exec(
         }
     };
     if let Some(ready) = s.ready {
-        ready
-            .report("ok")
-            .map_err(io("report to husk exec"))?;
+        ready.report("ok").map_err(io("report to husk exec"))?;
     }
     let process = super::relay::ProcessRef {
         agent: &agent,
@@ -377,18 +380,22 @@ pub fn supervise_exec(
         (!state.supervisor_alive())
             .then(|| format!("the sandbox VM of container {} stopped", state.id))
     };
-    Ok(super::relay::relay_process(
-        &process,
-        host_stdio,
-        Some(signals),
-        &mut vm_gone,
+    Ok(
+        super::relay::relay_process(&process, host_stdio, Some(signals), &mut vm_gone)
+            .map_err(VmSandboxError::from)?,
     )
-    .map_err(VmSandboxError::from)?)
 }
 
 fn start_exec(
     s: &ExecSupervision<'_>,
-) -> Result<(husk_agent_protocol::agent_ttrpc::AgentClient, HostStdio, Option<RawMode>), SupervisorError> {
+) -> Result<
+    (
+        husk_agent_protocol::agent_ttrpc::AgentClient,
+        HostStdio,
+        Option<RawMode>,
+    ),
+    SupervisorError,
+> {
     let agent = sandbox::connect_agent(s.dir)?;
     // The terminal goes to the engine before the process starts writing to it.
     let (host_stdio, raw, pty) = terminal_stdio(&s.stdio)?;
@@ -467,7 +474,6 @@ fn boot_and_create(
         dir: dir.to_path_buf(),
         claimed: true,
         rootfs: &launch.rootfs,
-        read_only_root: launch.plan.read_only_root,
         mounts: &launch.plan.mounts,
         memory_mib: launch.size.memory_mib,
         vcpus: launch.size.vcpus,
@@ -501,11 +507,8 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            &self.fd,
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.saved,
-        );
+        let _ =
+            nix::sys::termios::tcsetattr(&self.fd, nix::sys::termios::SetArg::TCSANOW, &self.saved);
     }
 }
 
@@ -526,6 +529,9 @@ mod tests {
         let err = report(b"error: no kernel").unwrap_err().to_string();
         assert_eq!(err, "no kernel");
         let err = report(b"").unwrap_err().to_string();
-        assert!(err.contains("exited before the container was created"), "{err}");
+        assert!(
+            err.contains("exited before the container was created"),
+            "{err}"
+        );
     }
 }
