@@ -1,7 +1,7 @@
 # Fuzzing the agent's request decoding and path handling (agent/fuzz, cargo-fuzz
 # and libFuzzer). Included by the root Makefile; HUSK_CACHE is exported there.
 #
-#   make fuzz-agent                    each target FUZZ_SECONDS (45 s), fails on a crash
+#   make fuzz-agent                    each target FUZZ_SECONDS (40 s), fails on a crash
 #   make fuzz-agent FUZZ_SECONDS=600   a longer run
 #
 # Stable toolchain: cargo-fuzz's default AddressSanitizer needs `-Zsanitizer`, a
@@ -17,8 +17,13 @@
 
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := $(HUSK_CACHE)/bin/cargo-fuzz
-FUZZ_TARGETS := request_decode path_handling
-FUZZ_SECONDS ?= 45
+# Instrumented builds cannot share target/ (other RUSTFLAGS). In the cache they
+# outlive the clone, so CI's fresh clones rebuild only the agent, not its deps.
+FUZZ_TARGET_DIR := $(HUSK_CACHE)/fuzz-target
+FUZZ := $(CARGO_FUZZ) fuzz
+FUZZ_BUILD_ARGS := --sanitizer none --target-dir "$(FUZZ_TARGET_DIR)"
+FUZZ_TARGETS := request_decode oci_json path_handling
+FUZZ_SECONDS ?= 40
 # -timeout: one input taking longer is a hang, reported as a crash.
 FUZZ_ARGS := -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -print_funcs=0
 
@@ -36,13 +41,13 @@ fuzz-deps:
 # libFuzzer's line per new corpus entry is filtered out (thousands of lines); its
 # crash report and final stats are kept.
 fuzz-agent: fuzz-deps
-	cd agent && $(CARGO_FUZZ) fuzz build --sanitizer none
+	cd agent && $(FUZZ) build $(FUZZ_BUILD_ARGS)
 	@set -eo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	for t in $(FUZZ_TARGETS); do \
 	    echo "fuzz-agent: $$t for $(FUZZ_SECONDS) s"; \
 	    mkdir -p agent/fuzz/corpus/$$t; \
 	    dict=; [ -f agent/fuzz/dicts/$$t.dict ] && dict=-dict=fuzz/dicts/$$t.dict; \
-	    (cd agent && TMPDIR="$$tmp" $(CARGO_FUZZ) fuzz run --sanitizer none $$t \
+	    (cd agent && TMPDIR="$$tmp" $(FUZZ) run $(FUZZ_BUILD_ARGS) $$t \
 	        fuzz/corpus/$$t fuzz/seeds/$$t -- $(FUZZ_ARGS) $$dict 2>&1) \
 	        | { grep -Ev '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)|NEW_FUNC' || true; }; \
 	done; \

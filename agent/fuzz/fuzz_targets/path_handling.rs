@@ -54,7 +54,11 @@ fn check_relative(s: &str, expected: Option<&PathBuf>) {
 }
 
 fn check_resolve(s: &str, expected: Option<&PathBuf>) {
-    let tree = TREE.get_or_init(|| Tree::new().expect("build the scratch tree"));
+    let tree = TREE.get_or_init(|| {
+        let tree = Tree::new().expect("build the scratch tree");
+        husk_agent_fuzz::self_check(&tree);
+        tree
+    });
     let base = &tree.base;
     let result = validate::resolve_under(base, s);
     let Some(rel) = expected else {

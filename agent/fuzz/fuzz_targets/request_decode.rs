@@ -44,6 +44,7 @@ struct Agent {
 impl Agent {
     fn new() -> Self {
         let tree = Tree::new().expect("build the scratch tree");
+        husk_agent_fuzz::self_check(&tree);
         std::fs::create_dir_all(tree.base.join("c1/rootfs")).expect("mkdir rootfs");
         let paths = Paths {
             state: tree.root.join("state"),

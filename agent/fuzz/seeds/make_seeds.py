@@ -3,7 +3,8 @@
 changing agent.proto field numbers or the RPC order in request_decode.rs).
 
 request_decode: one selector byte (index into RPCS of request_decode.rs), then the
-request's protobuf encoding. path_handling: a UTF-8 string, id or relative path,
+request's protobuf encoding. oci_json: OCI spec, process and resources JSON.
+path_handling: a UTF-8 string, id or relative path,
 naming links of the scratch tree (husk_agent_fuzz::Tree)."""
 
 import os
@@ -75,6 +76,9 @@ def main():
              "a/b/top/a/file", "self/self/a", "up/outside/secret", "abs/etc",
              "out/secret", "evil/x", "a/b/deep/base-evil", "a/esc", "zero", "proc",
              "loop1", "dangling", "a/../a", "/etc", ".."]
+    tty = spec.replace(b'"terminal": false', b'"terminal": true')
+    write("oci_json", {"spec": spec, "spec-tty": tty, "process": process, "resources": resources,
+                       "empty-object": b"{}", "not-json": b"{x"})
     write("path_handling", {f"p{i:02}": p.encode() for i, p in enumerate(paths)})
 
 
