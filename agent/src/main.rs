@@ -2,15 +2,8 @@
 //! agent API (ttrpc) on vsock port 1024. Outside a VM (not PID 1) it can serve on a
 //! Unix socket for tests: `husk-agent --listen unix:///path/agent.sock`.
 
-mod container;
-mod init;
-mod oom;
-mod reaper;
-mod service;
-mod tty;
-mod validate;
-
 use anyhow::Context;
+use husk_agent::{container, init, oom, reaper, service};
 use husk_agent_protocol::agent_ttrpc;
 use std::path::Path;
 use std::sync::Arc;
