@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use husk_vmm::config::FsShare;
 use husk_vmm::seccomp::{self, ThreadRole};
 use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 
@@ -16,20 +17,24 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 /// 0x60/0x64 (guest reset ends the VMM, exit 0); debug-exit port 0xf4 (a written byte
 /// becomes the exit status; for test guests); virtio-vsock at 0xd0000000 (IRQ 5)
 /// with --vsock, hybrid Unix-socket backend: host clients connect to <vsock> and send
-/// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>.
+/// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>;
+/// virtio-fs with --fs (next windows and IRQs), served in-process (guest:
+/// `mount -t virtiofs <tag> <dir>`).
 /// SIGTERM or SIGINT stops the VM and exits 0.
 ///
 /// Hardening: every thread installs a seccomp allowlist for its role (--seccomp,
 /// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
 /// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
-/// calls and the FIONBIO ioctl; the main thread, once the vCPUs run, poll, tgkill,
+/// calls and the FIONBIO ioctl; the virtio-fs thread file system calls relative
+/// to the fds it holds; the main thread, once the vCPUs run, poll, tgkill,
 /// sleep and teardown calls; the signal thread sigwait; the console input thread read. A forbidden syscall prints
 /// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
-    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp); flags override it.
+    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, fs = [{tag, path,
+    /// cache}]); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
@@ -59,6 +64,10 @@ struct Cli {
     /// Guest CID for vsock (default 3).
     #[arg(long)]
     vsock_cid: Option<u32>,
+    /// Share a host directory over virtio-fs: tag=<tag>,path=<dir>[,cache=auto|never|always]
+    /// (path last: it takes the rest of the value). Repeatable; replaces the JSON list.
+    #[arg(long = "fs", value_name = "tag=TAG,path=DIR")]
+    fs: Vec<FsShare>,
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
     allow_pvm: bool,
@@ -96,6 +105,9 @@ impl Cli {
         c.allow_pvm |= self.allow_pvm;
         c.console_input |= self.console_input;
         c.seccomp = self.seccomp.unwrap_or(c.seccomp);
+        if !self.fs.is_empty() {
+            c.fs = self.fs;
+        }
         Ok(c)
     }
 }

@@ -1,6 +1,7 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x): the device trait, the
-//! interrupt line, the transport, and the devices (vsock).
+//! interrupt line, the transport, and the devices (vsock, fs).
 
+pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
