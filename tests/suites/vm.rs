@@ -365,7 +365,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 b,
                 &id,
             ])
-            .fails_with("builtin backend not wired into the runtime yet");
+            .fails_with("the builtin backend (husk-vmm) needs hardware virtualization");
             husk.husk(&["--isolation", "vm", "create", "-b", b, &id])
                 .fails_with("not supported yet in vm isolation");
             husk.husk(&["--isolation", "vm", "run", "--detach", "-b", b, &id])

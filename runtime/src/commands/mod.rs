@@ -30,7 +30,8 @@ use husk_runtime::logging::LogFormat;
 /// The VM backends a workload in `vm` isolation can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HypervisorChoice {
-    /// QEMU for now (the built-in VMM is not wired into the runtime yet).
+    /// builtin where /dev/kvm has hardware virtualization (and husk-vmm is installed),
+    /// else QEMU.
     Auto,
     /// husk-vmm, the built-in microVM monitor.
     Builtin,
