@@ -73,6 +73,17 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `--disk` value did not parse.
+    #[error("--disk {value:?}: {reason} (expected [readonly,]path=<file>)")]
+    DiskSyntax {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A disk image does not exist or is not a regular file.
+    #[error("virtio-blk disk image missing (or not a regular file): {0}")]
+    DiskMissing(PathBuf),
     /// A virtio-fs tag is empty or longer than 36 bytes.
     #[error("virtio-fs tag {0:?} must be 1 to 36 bytes")]
     FsTag(String),
@@ -135,6 +146,55 @@ pub struct VmConfig {
     /// Host directories shared with the guest over virtio-fs.
     #[serde(default)]
     pub fs: Vec<FsShare>,
+    /// Disk images attached over virtio-blk.
+    #[serde(default)]
+    pub disks: Vec<BlockDisk>,
+}
+
+/// A host file attached as a virtio-blk disk (raw image; the guest sees its size
+/// rounded down to 512-byte sectors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDisk {
+    /// The image file.
+    pub path: PathBuf,
+    /// Refuse guest writes (the device offers VIRTIO_BLK_F_RO; the file is opened
+    /// read-only).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for BlockDisk {
+    type Err = ConfigError;
+
+    /// Parses `[readonly,]path=<file>` (the `--disk` flag; `path=` takes the rest).
+    fn from_str(value: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::DiskSyntax {
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut read_only = false;
+        let mut rest = value;
+        loop {
+            if let Some(path) = rest.strip_prefix("path=") {
+                if path.is_empty() {
+                    return Err(bad("empty path"));
+                }
+                return Ok(BlockDisk {
+                    path: PathBuf::from(path),
+                    read_only,
+                });
+            }
+            let (key, next) = rest
+                .split_once(',')
+                .ok_or_else(|| bad("path= is required (last)"))?;
+            match key {
+                "readonly" | "ro" => read_only = true,
+                other => return Err(bad(&format!("unknown key {other:?}"))),
+            }
+            rest = next;
+        }
+    }
 }
 
 /// How the guest kernel may cache a virtio-fs share (FUSE entry/attribute timeouts
@@ -233,6 +293,7 @@ impl Default for VmConfig {
             console_input: false,
             seccomp: SeccompLevel::default(),
             fs: Vec::new(),
+            disks: Vec::new(),
         }
     }
 }
@@ -274,6 +335,8 @@ pub struct VmSpec {
     pub seccomp: SeccompLevel,
     /// virtio-fs shares, one device each.
     pub fs: Vec<FsShare>,
+    /// virtio-blk disks, one device each.
+    pub disks: Vec<BlockDisk>,
 }
 
 fn parent_exists(p: &Path) -> bool {
@@ -347,6 +410,7 @@ impl VmConfig {
             console_input: self.console_input,
             seccomp: self.seccomp,
             fs: self.fs.clone(),
+            disks: self.disks.clone(),
         };
         spec.check()?;
         Ok(spec)
@@ -367,6 +431,7 @@ impl VmSpec {
             console_input: false,
             seccomp: SeccompLevel::default(),
             fs: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -410,6 +475,11 @@ impl VmSpec {
             }
             if !share.path.is_dir() {
                 return Err(ConfigError::FsDirMissing(share.path.clone()));
+            }
+        }
+        for disk in &self.disks {
+            if !disk.path.is_file() {
+                return Err(ConfigError::DiskMissing(disk.path.clone()));
             }
         }
         Ok(())
@@ -555,6 +625,36 @@ mod tests {
         let c = VmConfig::from_json(r#"{"fs": [{"tag": "t", "path": "/x", "cache": "always"}]}"#)
             .unwrap();
         assert_eq!(c.fs[0].cache, FsCache::Always);
+    }
+
+    #[test]
+    fn disk_flag_syntax_and_checks() {
+        let d: BlockDisk = "path=/img,with,commas".parse().unwrap();
+        assert_eq!(
+            (d.path.as_path(), d.read_only),
+            (Path::new("/img,with,commas"), false)
+        );
+        let d: BlockDisk = "readonly,path=/img".parse().unwrap();
+        assert!(d.read_only);
+        for bad in ["/img", "readonly", "rw,path=/img", "path="] {
+            let e = bad.parse::<BlockDisk>().unwrap_err();
+            assert!(matches!(e, ConfigError::DiskSyntax { .. }), "{bad}: {e}");
+        }
+        let (dir, k) = kernel_file();
+        let c = VmConfig {
+            kernel: Some(k.clone()),
+            disks: vec![BlockDisk {
+                path: dir.path().into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::DiskMissing(dir.path().into()))
+        );
+        let c = VmConfig::from_json(r#"{"disks": [{"path": "/x", "read_only": true}]}"#).unwrap();
+        assert!(c.disks[0].read_only);
     }
 
     #[test]

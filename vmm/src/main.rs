@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_vmm::config::FsShare;
+use husk_vmm::config::{BlockDisk, FsShare};
 use husk_vmm::seccomp::{self, ThreadRole};
 use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 
@@ -19,7 +19,7 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 /// with --vsock, hybrid Unix-socket backend: host clients connect to <vsock> and send
 /// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>;
 /// virtio-fs with --fs (next windows and IRQs), served in-process (guest:
-/// `mount -t virtiofs <tag> <dir>`).
+/// `mount -t virtiofs <tag> <dir>`); virtio-blk with --disk (after the shares).
 /// SIGTERM or SIGINT stops the VM and exits 0.
 ///
 /// Hardening: every thread installs a seccomp allowlist for its role (--seccomp,
@@ -34,7 +34,7 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
     /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, fs = [{tag, path,
-    /// cache}]); flags override it.
+    /// cache}], disks = [{path, read_only}]); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
@@ -68,6 +68,10 @@ struct Cli {
     /// (path last: it takes the rest of the value). Repeatable; replaces the JSON list.
     #[arg(long = "fs", value_name = "tag=TAG,path=DIR")]
     fs: Vec<FsShare>,
+    /// Attach a raw disk image over virtio-blk: [readonly,]path=<file> (path last).
+    /// Repeatable; replaces the JSON list.
+    #[arg(long = "disk", value_name = "[readonly,]path=FILE")]
+    disk: Vec<BlockDisk>,
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
     allow_pvm: bool,
@@ -107,6 +111,9 @@ impl Cli {
         c.seccomp = self.seccomp.unwrap_or(c.seccomp);
         if !self.fs.is_empty() {
             c.fs = self.fs;
+        }
+        if !self.disk.is_empty() {
+            c.disks = self.disk;
         }
         Ok(c)
     }

@@ -46,6 +46,8 @@ pub enum ThreadRole {
     ConsoleInput,
     /// The virtio-fs server: file system calls relative to fds it holds (passthrough).
     FsWorker,
+    /// The virtio-blk worker: positioned I/O on the image it holds.
+    BlockWorker,
 }
 
 /// Errors from building or installing a filter.
@@ -181,6 +183,16 @@ fn role_syscalls(role: ThreadRole) -> &'static [i64] {
             libc::SYS_capget,
             libc::SYS_capset,
         ],
+        ThreadRole::BlockWorker => &[
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_read,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+        ],
     }
 }
 
@@ -220,7 +232,8 @@ pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, S
         ThreadRole::Main
         | ThreadRole::Signals
         | ThreadRole::ConsoleInput
-        | ThreadRole::FsWorker => {}
+        | ThreadRole::FsWorker
+        | ThreadRole::BlockWorker => {}
     }
     let mismatch = match level {
         SeccompLevel::Log => SeccompAction::Log,
@@ -287,6 +300,7 @@ mod tests {
             ThreadRole::Signals,
             ThreadRole::ConsoleInput,
             ThreadRole::FsWorker,
+            ThreadRole::BlockWorker,
         ] {
             for level in [SeccompLevel::Log, SeccompLevel::Enforce] {
                 let prog = filter_for(role, level).unwrap();
