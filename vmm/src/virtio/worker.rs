@@ -1,5 +1,5 @@
 //! The thread behind a virtio device whose work is "handle the chains a queue notify
-//! announces" (block; fs has its own loop): started with the device (vCPU threads
+//! announces" (virtio-fs, virtio-blk): started with the device (vCPU threads
 //! never spawn threads), confined by its seccomp role, and between DRIVER_OK and a
 //! reset running an epoll loop over the queue eventfds.
 

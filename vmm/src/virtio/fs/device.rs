@@ -1,7 +1,7 @@
 //! The virtio-fs device (id 26; queue 0 = hiprio, queue 1 = requests; config = tag
-//! and request queue count) and its worker thread: an epoll loop over the queue
-//! eventfds that hands every descriptor chain to fuse-backend-rs's `Server` over a
-//! `PassthroughFs` rooted at the shared directory.
+//! and request queue count) and its handler, run on the device's queue thread: every
+//! descriptor chain goes to fuse-backend-rs's `Server` over a `PassthroughFs` rooted
+//! at the shared directory.
 //!
 //! What the guest can reach: passthrough resolves every name relative to a directory
 //! fd it already holds, one component at a time with `O_NOFOLLOW` ("/" in a name is
@@ -13,10 +13,7 @@
 //! (a device node it made with mknod to reach a host device) and is refused with
 //! EPERM before the server sees it.
 
-use std::os::fd::AsRawFd;
-use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader, SetattrIn};
@@ -24,17 +21,14 @@ use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::FsError;
 use crate::config::{FsCache, FsShare};
-use crate::seccomp::{self, SeccompLevel, ThreadRole};
-use crate::virtio::{
-    ActivateContext, Interrupt, VirtioDevice, VirtioError, INT_VRING, VIRTIO_F_VERSION_1,
-};
+use crate::seccomp::{SeccompLevel, ThreadRole};
+use crate::virtio::worker::{Activation, QueueThread};
+use crate::virtio::{ActivateContext, VirtioDevice, VirtioError, INT_VRING, VIRTIO_F_VERSION_1};
 
 /// Virtio device id of virtio-fs.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -45,7 +39,6 @@ pub const NUM_QUEUES: usize = 2;
 /// Bytes of the tag field in config space.
 pub const TAG_LEN: usize = 36;
 
-const TOKEN_KILL: u64 = NUM_QUEUES as u64;
 /// FUSE SETATTR `valid` bit: the size changes (truncate).
 const FATTR_SIZE: u32 = 1 << 3;
 /// FATTR_FH: SETATTR names an open handle (then nothing is opened for it).
@@ -54,19 +47,11 @@ const FATTR_FH: u32 = 1 << 6;
 /// The file system the device serves.
 pub type SharedFs = PassthroughFs<()>;
 
-/// Messages to the fs thread.
-enum WorkerMsg {
-    Activate(ActivateContext),
-    Exit,
-}
-
 /// One virtio-fs share. Its thread starts with the device (vCPU threads never spawn
 /// threads) and serves the queues between activation and reset.
 pub struct FsDevice {
     config: [u8; TAG_LEN + 4],
-    to_worker: Sender<WorkerMsg>,
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    worker: QueueThread,
 }
 
 /// The passthrough configuration for `share`: timeouts as virtiofsd's `--cache`, no
@@ -105,31 +90,13 @@ impl FsDevice {
         config[..n].copy_from_slice(&tag[..n]);
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
 
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(FsError::Worker)?;
-        let worker_stop = stop.try_clone().map_err(FsError::Worker)?;
-        let (to_worker, from_device) = channel::<WorkerMsg>();
-        let thread = std::thread::Builder::new()
-            .name("virtio-fs".into())
-            .spawn(move || {
-                if let Err(e) = seccomp::apply(ThreadRole::FsWorker, seccomp) {
-                    tracing::error!("virtio-fs thread: {e}");
-                    return;
-                }
-                while let Ok(WorkerMsg::Activate(ctx)) = from_device.recv() {
-                    let _ = worker_stop.read();
-                    match FsWorker::new(ctx, server.clone(), fs.clone()) {
-                        Ok(mut w) => w.run(&worker_stop),
-                        Err(e) => tracing::error!("virtio-fs activation: {e}"),
-                    }
-                }
+        let handler = FsHandler { server, fs };
+        let worker =
+            QueueThread::spawn("virtio-fs", ThreadRole::FsWorker, seccomp, move |act, q| {
+                handler.process_queue(act, q)
             })
             .map_err(FsError::Worker)?;
-        Ok(FsDevice {
-            config,
-            to_worker,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(FsDevice { config, worker })
     }
 }
 
@@ -148,16 +115,6 @@ pub fn open_share(share: &FsShare) -> Result<SharedFs, FsError> {
     let fs = SharedFs::new(passthrough_config(share, root)).map_err(err)?;
     fs.import().map_err(err)?;
     Ok(fs)
-}
-
-impl Drop for FsDevice {
-    fn drop(&mut self) {
-        let _ = self.to_worker.send(WorkerMsg::Exit);
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl VirtioDevice for FsDevice {
@@ -180,131 +137,51 @@ impl VirtioDevice for FsDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        self.to_worker
-            .send(WorkerMsg::Activate(ctx))
-            .map_err(|_| VirtioError::Activate("the virtio-fs thread has exited".into()))
+        self.worker.activate(ctx)
     }
 
     fn reset(&mut self) {
-        let _ = self.stop.write(1);
+        self.worker.reset();
     }
 }
 
-/// Serves the activated queues.
-pub struct FsWorker {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-    interrupt: Arc<Interrupt>,
+/// Hands the chains of the activated queues to the FUSE server.
+pub struct FsHandler {
     server: Arc<Server<Arc<SharedFs>>>,
     fs: Arc<SharedFs>,
 }
 
-impl FsWorker {
-    /// A worker over the activated queues.
-    pub fn new(
-        ctx: ActivateContext,
-        server: Arc<Server<Arc<SharedFs>>>,
-        fs: Arc<SharedFs>,
-    ) -> Result<Self, FsError> {
-        if ctx.queues.len() != NUM_QUEUES || ctx.queue_evts.len() != NUM_QUEUES {
-            return Err(FsError::Worker(std::io::Error::other(format!(
-                "{} queues, expected {NUM_QUEUES}",
-                ctx.queues.len()
-            ))));
-        }
-        Ok(FsWorker {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            queue_evts: ctx.queue_evts,
-            interrupt: ctx.interrupt,
-            server,
-            fs,
-        })
-    }
-
-    /// Serves requests until `stop` fires (driver reset or device drop).
-    pub fn run(&mut self, stop: &EventFd) {
-        let epoll = match self.epoll_for(stop) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("virtio-fs epoll: {e}");
-                return;
-            }
-        };
-        // Requests queued before activation are served at once.
-        for q in 0..NUM_QUEUES {
-            self.process_queue(q);
-        }
-        let mut events = vec![EpollEvent::default(); NUM_QUEUES + 1];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("virtio-fs epoll: {e}");
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => return,
-                    q => {
-                        let q = q as usize;
-                        let _ = self.queue_evts[q].read();
-                        self.process_queue(q);
-                    }
-                }
-            }
-        }
-    }
-
-    fn epoll_for(&self, stop: &EventFd) -> std::io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        for (i, e) in self.queue_evts.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                e.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
-        }
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_KILL),
-        )?;
-        Ok(epoll)
-    }
-
+impl FsHandler {
     /// Handles every available chain of queue `q`, then interrupts the guest once.
-    pub fn process_queue(&mut self, q: usize) {
+    pub fn process_queue(&self, act: &mut Activation, q: usize) {
         let mut used = false;
-        while let Some(chain) = self.queues[q].pop_descriptor_chain(&self.mem) {
+        while let Some(chain) = act.queues[q].pop_descriptor_chain(&act.mem) {
             let head = chain.head_index();
-            let len = match self.handle_chain(chain) {
+            let len = match self.handle_chain(&act.mem, chain) {
                 Ok(len) => len,
                 Err(e) => {
                     tracing::debug!("virtio-fs request: {e}");
                     0
                 }
             };
-            if let Err(e) = self.queues[q].add_used(&self.mem, head, len as u32) {
+            if let Err(e) = act.queues[q].add_used(&act.mem, head, len as u32) {
                 tracing::warn!("virtio-fs add_used: {e}");
             }
             used = true;
         }
         if used {
-            self.interrupt.trigger(INT_VRING);
+            act.interrupt.trigger(INT_VRING);
         }
     }
 
     fn handle_chain(
         &self,
+        mem: &GuestMemoryMmap,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
     ) -> Result<usize, String> {
         let reader =
-            Reader::from_descriptor_chain(&self.mem, chain.clone()).map_err(|e| e.to_string())?;
-        let mut writer = VirtioFsWriter::new(&self.mem, chain).map_err(|e| e.to_string())?;
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
+        let mut writer = VirtioFsWriter::new(mem, chain).map_err(|e| e.to_string())?;
         if let Some((unique, errno)) = self.refused(reader.clone()) {
             let out = OutHeader {
                 len: std::mem::size_of::<OutHeader>() as u32,
@@ -352,7 +229,9 @@ impl FsWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seccomp;
     use crate::virtio::test_utils::TestQueue;
+    use crate::virtio::Interrupt;
     use fuse_backend_rs::abi::fuse_abi::{
         AttrOut, CreateIn, EntryOut, GetattrIn, InitIn, InitOut, MkdirIn, MknodIn, OpenIn, OpenOut,
         ReadIn, RenameIn, WriteIn, WriteOut, ROOT_ID,
@@ -360,6 +239,7 @@ mod tests {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     use std::path::Path;
     use vm_memory::{ByteValued, Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     const REQ_QUEUE_BASE: u64 = 0x10_0000;
     const OUT_LEN: u32 = 8192;
@@ -376,7 +256,8 @@ mod tests {
     /// queue and reads the replies back, as the guest's virtio-fs driver would.
     struct Driver {
         mem: GuestMemoryMmap,
-        worker: FsWorker,
+        handler: FsHandler,
+        act: Activation,
         irq: EventFd,
         next_unique: u64,
         req: TestQueue<'static>,
@@ -391,21 +272,17 @@ mod tests {
             let hiprio = TestQueue::new(mem, 0x8_0000, 16);
             let req = TestQueue::new(mem, REQ_QUEUE_BASE, 16);
             let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-            let ctx = ActivateContext {
+            let act = Activation {
                 mem: mem.clone(),
                 queues: vec![hiprio.queue(), req.queue()],
-                queue_evts: (0..2)
-                    .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-                    .collect(),
                 interrupt: Arc::new(Interrupt::new(irq.try_clone().unwrap())),
-                acked_features: VIRTIO_F_VERSION_1,
             };
             let fs = Arc::new(open_share(&share(dir, FsCache::Never)).unwrap());
             let server = Arc::new(Server::new(fs.clone()));
-            let worker = FsWorker::new(ctx, server, fs).unwrap();
             Driver {
                 mem: mem.clone(),
-                worker,
+                handler: FsHandler { server, fs },
+                act,
                 irq,
                 next_unique: 1,
                 req,
@@ -433,7 +310,7 @@ mod tests {
             let b = self.req.buffer(&[], OUT_LEN);
             let before = self.req.used_idx();
             self.req.add_chain(&[(a, len, false), (b, OUT_LEN, true)]);
-            self.worker.process_queue(1);
+            self.handler.process_queue(&mut self.act, 1);
             assert_eq!(
                 self.req.used_idx(),
                 before.wrapping_add(1),
