@@ -445,8 +445,9 @@ pub fn select(choice: Backend) -> Result<(Box<dyn Hypervisor>, String), Hypervis
                     let why = format!("auto: hardware KVM, so builtin: {}", b.reason());
                     return Ok((Box::new(b), why));
                 }
-                Err(HypervisorError::BuiltinNeedsKvm(kvm)) => {
-                    format!("builtin needs hardware virtualization and /dev/kvm is {kvm}")
+                // accel_reason() below says what /dev/kvm is.
+                Err(HypervisorError::BuiltinNeedsKvm(_)) => {
+                    "builtin needs hardware virtualization".to_string()
                 }
                 Err(e) => format!("builtin is unavailable: {e}"),
             };
