@@ -26,7 +26,8 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 /// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
 /// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
 /// calls and the FIONBIO ioctl; the virtio-fs thread file system calls relative
-/// to the fds it holds; the main thread, once the vCPUs run, poll, tgkill,
+/// to the fds it holds; the virtio-blk thread positioned reads and writes; the main
+/// thread, once the vCPUs run, poll, tgkill,
 /// sleep and teardown calls; the signal thread sigwait; the console input thread read. A forbidden syscall prints
 /// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
 #[derive(Debug, Parser)]
