@@ -34,16 +34,18 @@ pub struct QueueThread {
 }
 
 impl QueueThread {
-    /// Starts thread `name`, which confines itself to `role` and then calls
-    /// `handle(activation, queue index)` on every notify of an activated queue (and
-    /// once per queue right after activation).
-    pub fn spawn<H>(
+    /// Starts thread `name`, which runs `setup` (e.g. Landlock), confines itself to
+    /// `role` and then calls `handle(activation, queue index)` on every notify of an
+    /// activated queue (and once per queue right after activation).
+    pub fn spawn<S, H>(
         name: &str,
         role: ThreadRole,
         level: SeccompLevel,
+        setup: S,
         mut handle: H,
     ) -> std::io::Result<Self>
     where
+        S: FnOnce() + Send + 'static,
         H: FnMut(&mut Activation, usize) + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
@@ -53,6 +55,7 @@ impl QueueThread {
         let thread = std::thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
+                setup();
                 if let Err(e) = seccomp::apply(role, level) {
                     tracing::error!("{thread_name} thread: {e}");
                     return;

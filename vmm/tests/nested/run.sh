@@ -20,7 +20,8 @@
 #    exit code, then the probe's exec/stdin/tty/OOM cases, then DestroySandbox: the
 #    agent reboots the guest and husk-vmm exits 0. The file the container wrote must
 #    be in the nested host's /shared. The VM also gets a 4 MiB read-only virtio-blk
-#    disk, which its kernel must find.
+#    disk, which its kernel must find. The nested host's kernel has Landlock, so the
+#    virtio-fs thread must report itself confined to /shared.
 # 3. The runtime end to end: `husk --isolation vm --hypervisor builtin run` of a
 #    bundle in the nested host (husk, husk-vmm beside it, the kernel and initramfs in
 #    a $HUSK_CACHE there): its stdout and exit status must be the container's, and
@@ -256,6 +257,7 @@ if [ $VSOCK = 1 ]; then
     markers="$markers VSOCK-LISTENING VSOCK-OK VSOCK-CLOSED VSOCK-GUEST-DONE VSOCK-PROBE-EXIT=0"
     markers="$markers AGENT-VM-START husk-agent.ready AGENT-PROBE-EXIT=0 AGENT-VMM-EXIT=0"
     markers="$markers AGENT-HOST-FILE=written-in-the-guest vda.*8192.512-byte"
+    markers="$markers agent-vmm:.*virtio-fs.thread.confined.by.Landlock"
     markers="$markers HUSK-RUN-EXIT=7 HUSK-RUN-STDOUT=hello-from-husk-run HUSK-RUN-LEFTOVER=none"
     markers="$markers husk-run:.husk:.vm.isolation.with.builtin"
 fi

@@ -79,7 +79,7 @@ impl BlockDevice {
             read_only: disk.read_only,
             id: disk_id(disk),
         });
-        let worker = QueueThread::spawn("virtio-blk", ThreadRole::BlockWorker, level, {
+        let worker = QueueThread::spawn("virtio-blk", ThreadRole::BlockWorker, level, || {}, {
             let disk = disk_state.clone();
             move |act: &mut Activation, q: usize| process_queue(&disk, act, q)
         })

@@ -26,6 +26,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::FsError;
 use crate::config::{FsCache, FsShare};
+use crate::landlock::{self, Confinement};
 use crate::seccomp::{SeccompLevel, ThreadRole};
 use crate::virtio::worker::{Activation, QueueThread};
 use crate::virtio::{ActivateContext, VirtioDevice, VirtioError, INT_VRING, VIRTIO_F_VERSION_1};
@@ -91,11 +92,29 @@ impl FsDevice {
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
 
         let handler = FsHandler { server, fs };
-        let worker =
-            QueueThread::spawn("virtio-fs", ThreadRole::FsWorker, seccomp, move |act, q| {
-                handler.process_queue(act, q)
-            })
-            .map_err(FsError::Worker)?;
+        let dir = share.path.clone();
+        let confine = move || match landlock::confine_thread_beneath(&dir) {
+            Ok(Confinement::Confined { abi }) => {
+                tracing::info!(abi, path = %dir.display(), "virtio-fs thread confined by Landlock");
+            }
+            Ok(Confinement::Unavailable { abi }) => tracing::info!(
+                abi,
+                "virtio-fs: the kernel has no Landlock ABI >= 2; containment rests on \
+                 passthrough's checks and seccomp"
+            ),
+            Err(e) => tracing::warn!(
+                "virtio-fs: Landlock confinement failed ({e}); containment rests on \
+                 passthrough's checks and seccomp"
+            ),
+        };
+        let worker = QueueThread::spawn(
+            "virtio-fs",
+            ThreadRole::FsWorker,
+            seccomp,
+            confine,
+            move |act, q| handler.process_queue(act, q),
+        )
+        .map_err(FsError::Worker)?;
         Ok(FsDevice { config, worker })
     }
 }
