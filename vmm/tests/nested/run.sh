@@ -38,7 +38,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 CACHE=${HUSK_CACHE:-$HOME/.cache/husk}/vmm-nested
-TIMEOUT=${HUSK_NESTED_TIMEOUT:-600}
+TIMEOUT=${HUSK_NESTED_TIMEOUT:-900}
 WORK=$(mktemp -d /tmp/husk-vmm-nested.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$CACHE"
@@ -216,6 +216,10 @@ if [ $VSOCK = 1 ]; then
          END {print "AGENT-VMM-RSS vmm " vmm " kB, guest RAM touched " guest " kB"}' /proc/$vmm/smaps
     wait $probe
     echo "AGENT-PROBE-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
+    # DestroySandbox reboots the guest; a VMM still up 30 s later is stopped so the
+    # consoles below are printed whatever happened.
+    for _ in $(seq 300); do kill -0 $vmm 2>/dev/null || break; sleep 0.1; done
+    kill -0 $vmm 2>/dev/null && { echo "AGENT-VMM-STILL-RUNNING: sending SIGTERM"; kill $vmm; }
     wait $vmm
     echo "AGENT-VMM-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
     echo "AGENT-HOST-FILE=$(cat /shared/hello/rootfs/from-guest.txt 2>&1)"
@@ -228,8 +232,8 @@ if [ $VSOCK = 1 ]; then
     # The runtime's builtin backend end to end.
     mkdir -p /run /etc/husk
     echo "HUSK-RUN-START uptime $(cut -d' ' -f1 /proc/uptime)"
-    HUSK_CACHE=/cache /husk --root /run/husk --debug --isolation vm --hypervisor auto \
-        run -b /bundle husk-vm-1 >/tmp/husk-run.out 2>/tmp/husk-run.err
+    HUSK_CACHE=/cache timeout 300 /husk --root /run/husk --debug --isolation vm \
+        --hypervisor auto run -b /bundle husk-vm-1 >/tmp/husk-run.out 2>/tmp/husk-run.err
     echo "HUSK-RUN-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
     echo "HUSK-RUN-STDOUT=$(cat /tmp/husk-run.out)"
     sed 's/^/husk-run: /' /tmp/husk-run.err
