@@ -78,7 +78,7 @@ if [ -n "$GUEST_KERNEL" ]; then
 else
     VSOCK=0
     GUEST_KERNEL=$VMLINUZ
-    say "no project guest kernel: guest is the Debian bzImage; vsock part NOT run (boot, console, reboot only)"
+    say "no project guest kernel: guest is the Debian bzImage; vsock, agent and husk run parts NOT run (boot, console, reboot only)"
 fi
 KVER=$(ls "$CACHE"/root/lib/modules | head -1)
 MODS="$CACHE/root/lib/modules/$KVER/kernel"
