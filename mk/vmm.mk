@@ -4,9 +4,12 @@
 #                          unusable), release build
 #   make test-vmm-nested   a real Linux guest under husk-vmm on a nested KVM host
 #                          (QEMU TCG + kvm-amd): boot with 2 vCPUs, vsock round trip,
-#                          reboot -> exit 0. Uses the project guest kernel from
-#                          $(HUSK_CACHE)/kernel when built, else a Debian kernel
-#                          (boot-only, said plainly). About 15-90 s.
+#                          reboot -> exit 0; then the real agent initramfs with the
+#                          rootfs over virtio-fs (containers, exec, tty, OOM via
+#                          agent_probe) and `husk run` through the builtin backend.
+#                          Uses the project guest kernel and agent initramfs from
+#                          $(HUSK_CACHE) (the initramfs is built when missing), else
+#                          a Debian kernel (boot-only, said plainly). About 2 minutes.
 
 .PHONY: test-vmm test-vmm-nested
 test-vmm:

@@ -426,7 +426,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 &id,
             ])
             .fails_with("refusing to fall back to the shared kernel")
-            .fails_with("builtin");
+            .fails_with("the builtin backend (husk-vmm) needs hardware virtualization");
             let missing = Husk::with_vm_config(env, "[vm]\nkernel = \"/nonexistent/vmlinux\"\n");
             for run in [&["run"][..], &["run", "--detach"], &["create"]] {
                 let mut args = vec!["--isolation", "vm"];

@@ -38,6 +38,8 @@ use crate::devices::{Bus, BusError};
 use crate::lifecycle::{ExitReason, ExitSignal, LifecycleError};
 use crate::seccomp::{SeccompLevel, ThreadRole};
 use crate::vcpu::{install_kick_handler, kick_signal, spawn_vcpu, VcpuError};
+use crate::virtio::block::BlockDevice;
+use crate::virtio::fs::FsDevice;
 use crate::virtio::mmio::{reg, MmioTransport};
 use crate::virtio::vsock::VsockDevice;
 use crate::virtio::VirtioDevice;
@@ -108,6 +110,12 @@ pub enum BuildError {
     /// The vsock device could not be set up.
     #[error(transparent)]
     Vsock(#[from] crate::virtio::vsock::VsockError),
+    /// A virtio-blk disk could not be set up.
+    #[error(transparent)]
+    Block(#[from] crate::virtio::block::BlockError),
+    /// A virtio-fs share could not be set up.
+    #[error(transparent)]
+    Fs(#[from] crate::virtio::fs::FsError),
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] crate::virtio::VirtioError),
@@ -284,6 +292,16 @@ pub fn build_with(
         let vsock = VsockDevice::new(u64::from(*cid), path.clone(), spec.seccomp)?;
         let (base, irq) = machine.add_virtio_device(Box::new(vsock))?;
         tracing::info!(base, irq, path = %path.display(), "virtio-vsock");
+    }
+    for share in &spec.fs {
+        let fs = FsDevice::new(share, spec.seccomp)?;
+        let (base, irq) = machine.add_virtio_device(Box::new(fs))?;
+        tracing::info!(base, irq, tag = %share.tag, path = %share.path.display(), "virtio-fs");
+    }
+    for disk in &spec.disks {
+        let blk = BlockDevice::new(disk, spec.seccomp)?;
+        let (base, irq) = machine.add_virtio_device(Box::new(blk))?;
+        tracing::info!(base, irq, path = %disk.path.display(), read_only = disk.read_only, "virtio-blk");
     }
     add_devices(&mut machine)?;
 

@@ -18,6 +18,8 @@ pub const MAX_VCPUS: u8 = 32;
 pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
 /// Lowest guest CID (0-2 are reserved: hypervisor, local, host).
 pub const MIN_GUEST_CID: u32 = 3;
+/// Longest virtio-fs tag (the config space field is 36 bytes).
+pub const FS_TAG_MAX: usize = 36;
 
 /// Errors from configuration validation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +65,34 @@ pub enum ConfigError {
     /// Guest CID reserved.
     #[error("vsock guest CID {0} is reserved (use 3 or more)")]
     VsockCid(u32),
+    /// A `--fs` value did not parse.
+    #[error("--fs {value:?}: {reason} (expected tag=<tag>,path=<dir>[,cache=auto|never|always])")]
+    FsSyntax {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `--disk` value did not parse.
+    #[error("--disk {value:?}: {reason} (expected [readonly,]path=<file>)")]
+    DiskSyntax {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A disk image does not exist or is not a regular file.
+    #[error("virtio-blk disk image missing (or not a regular file): {0}")]
+    DiskMissing(PathBuf),
+    /// A virtio-fs tag is empty or longer than 36 bytes.
+    #[error("virtio-fs tag {0:?} must be 1 to 36 bytes")]
+    FsTag(String),
+    /// Two shares use the same tag.
+    #[error("virtio-fs tag {0:?} is given twice")]
+    FsTagTwice(String),
+    /// A shared directory does not exist or is not a directory.
+    #[error("virtio-fs shared directory missing (or not a directory): {0}")]
+    FsDirMissing(PathBuf),
     /// The JSON config did not parse.
     #[error("config file {path}: {message}")]
     Parse {
@@ -113,6 +143,128 @@ pub struct VmConfig {
     /// Per-thread seccomp filters: off, log or enforce (default).
     #[serde(default)]
     pub seccomp: SeccompLevel,
+    /// Host directories shared with the guest over virtio-fs.
+    #[serde(default)]
+    pub fs: Vec<FsShare>,
+    /// Disk images attached over virtio-blk.
+    #[serde(default)]
+    pub disks: Vec<BlockDisk>,
+}
+
+/// A host file attached as a virtio-blk disk (raw image; the guest sees its size
+/// rounded down to 512-byte sectors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDisk {
+    /// The image file.
+    pub path: PathBuf,
+    /// Refuse guest writes (the device offers VIRTIO_BLK_F_RO; the file is opened
+    /// read-only).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for BlockDisk {
+    type Err = ConfigError;
+
+    /// Parses `[readonly,]path=<file>` (the `--disk` flag; `path=` takes the rest).
+    fn from_str(value: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::DiskSyntax {
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut read_only = false;
+        let mut rest = value;
+        loop {
+            if let Some(path) = rest.strip_prefix("path=") {
+                if path.is_empty() {
+                    return Err(bad("empty path"));
+                }
+                return Ok(BlockDisk {
+                    path: PathBuf::from(path),
+                    read_only,
+                });
+            }
+            let (key, next) = rest
+                .split_once(',')
+                .ok_or_else(|| bad("path= is required (last)"))?;
+            match key {
+                "readonly" | "ro" => read_only = true,
+                other => return Err(bad(&format!("unknown key {other:?}"))),
+            }
+            rest = next;
+        }
+    }
+}
+
+/// How the guest kernel may cache a virtio-fs share (FUSE entry/attribute timeouts
+/// and page cache), as virtiofsd's `--cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// Nothing cached: every access goes to the host (host-side changes show at once).
+    Never,
+    /// Short timeouts (1 s), page cache dropped on open: the default.
+    #[default]
+    Auto,
+    /// Everything cached for long: only for shares the host does not change.
+    Always,
+}
+
+/// One directory shared with the guest over virtio-fs; the guest mounts it with
+/// `mount -t virtiofs <tag> <dir>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsShare {
+    /// The mount tag the guest names (1 to 36 bytes).
+    pub tag: String,
+    /// The host directory; the guest sees nothing outside it.
+    pub path: PathBuf,
+    /// Guest caching.
+    #[serde(default)]
+    pub cache: FsCache,
+}
+
+impl std::str::FromStr for FsShare {
+    type Err = ConfigError;
+
+    /// Parses `tag=<tag>,path=<dir>[,cache=auto|never|always]` (the `--fs` flag).
+    fn from_str(value: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::FsSyntax {
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let (mut tag, mut path, mut cache) = (None, None, FsCache::default());
+        // The path comes last when it may hold commas: `path=` takes the rest.
+        let mut rest = value;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=').ok_or_else(|| bad("missing '='"))?;
+            let (val, next) = if key == "path" {
+                (after, "")
+            } else {
+                after.split_once(',').unwrap_or((after, ""))
+            };
+            match key {
+                "tag" => tag = Some(val.to_string()),
+                "path" => path = Some(PathBuf::from(val)),
+                "cache" => {
+                    cache = match val {
+                        "auto" => FsCache::Auto,
+                        "never" => FsCache::Never,
+                        "always" => FsCache::Always,
+                        _ => return Err(bad("cache is auto, never or always")),
+                    }
+                }
+                other => return Err(bad(&format!("unknown key {other:?}"))),
+            }
+            rest = next;
+        }
+        Ok(FsShare {
+            tag: tag.ok_or_else(|| bad("tag= is required"))?,
+            path: path.ok_or_else(|| bad("path= is required"))?,
+            cache,
+        })
+    }
 }
 
 fn default_vcpus() -> u8 {
@@ -140,6 +292,8 @@ impl Default for VmConfig {
             allow_pvm: false,
             console_input: false,
             seccomp: SeccompLevel::default(),
+            fs: Vec::new(),
+            disks: Vec::new(),
         }
     }
 }
@@ -179,6 +333,10 @@ pub struct VmSpec {
     pub console_input: bool,
     /// Seccomp filters for the VMM's threads.
     pub seccomp: SeccompLevel,
+    /// virtio-fs shares, one device each.
+    pub fs: Vec<FsShare>,
+    /// virtio-blk disks, one device each.
+    pub disks: Vec<BlockDisk>,
 }
 
 fn parent_exists(p: &Path) -> bool {
@@ -251,6 +409,8 @@ impl VmConfig {
             allow_pvm: self.allow_pvm,
             console_input: self.console_input,
             seccomp: self.seccomp,
+            fs: self.fs.clone(),
+            disks: self.disks.clone(),
         };
         spec.check()?;
         Ok(spec)
@@ -270,6 +430,8 @@ impl VmSpec {
             allow_pvm: false,
             console_input: false,
             seccomp: SeccompLevel::default(),
+            fs: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -302,6 +464,22 @@ impl VmSpec {
             }
             if *cid < MIN_GUEST_CID {
                 return Err(ConfigError::VsockCid(*cid));
+            }
+        }
+        for (i, share) in self.fs.iter().enumerate() {
+            if share.tag.is_empty() || share.tag.len() > FS_TAG_MAX {
+                return Err(ConfigError::FsTag(share.tag.clone()));
+            }
+            if self.fs[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(ConfigError::FsTagTwice(share.tag.clone()));
+            }
+            if !share.path.is_dir() {
+                return Err(ConfigError::FsDirMissing(share.path.clone()));
+            }
+        }
+        for disk in &self.disks {
+            if !disk.path.is_file() {
+                return Err(ConfigError::DiskMissing(disk.path.clone()));
             }
         }
         Ok(())
@@ -423,6 +601,99 @@ mod tests {
         assert_eq!(
             c.validate(),
             Err(ConfigError::VsockDirMissing("/no/such/v.sock".into()))
+        );
+    }
+
+    #[test]
+    fn fs_flag_syntax() {
+        let s: FsShare = "tag=husk-shared,path=/run/a,b".parse().unwrap();
+        assert_eq!(s.tag, "husk-shared");
+        assert_eq!(s.path, Path::new("/run/a,b"), "path= takes the rest");
+        assert_eq!(s.cache, FsCache::Auto);
+        let s: FsShare = "cache=never,tag=t,path=/x".parse().unwrap();
+        assert_eq!((s.tag.as_str(), s.cache), ("t", FsCache::Never));
+        for bad in [
+            "tag=t",
+            "path=/x",
+            "tag=t,cache=sometimes,path=/x",
+            "tag",
+            "mode=1,path=/x",
+        ] {
+            let e = bad.parse::<FsShare>().unwrap_err();
+            assert!(matches!(e, ConfigError::FsSyntax { .. }), "{bad}: {e}");
+        }
+        let c = VmConfig::from_json(r#"{"fs": [{"tag": "t", "path": "/x", "cache": "always"}]}"#)
+            .unwrap();
+        assert_eq!(c.fs[0].cache, FsCache::Always);
+    }
+
+    #[test]
+    fn disk_flag_syntax_and_checks() {
+        let d: BlockDisk = "path=/img,with,commas".parse().unwrap();
+        assert_eq!(
+            (d.path.as_path(), d.read_only),
+            (Path::new("/img,with,commas"), false)
+        );
+        let d: BlockDisk = "readonly,path=/img".parse().unwrap();
+        assert!(d.read_only);
+        for bad in ["/img", "readonly", "rw,path=/img", "path="] {
+            let e = bad.parse::<BlockDisk>().unwrap_err();
+            assert!(matches!(e, ConfigError::DiskSyntax { .. }), "{bad}: {e}");
+        }
+        let (dir, k) = kernel_file();
+        let c = VmConfig {
+            kernel: Some(k.clone()),
+            disks: vec![BlockDisk {
+                path: dir.path().into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::DiskMissing(dir.path().into()))
+        );
+        let c = VmConfig::from_json(r#"{"disks": [{"path": "/x", "read_only": true}]}"#).unwrap();
+        assert!(c.disks[0].read_only);
+    }
+
+    #[test]
+    fn fs_shares_are_checked() {
+        let (d, k) = kernel_file();
+        let share = |tag: &str, path: &Path| FsShare {
+            tag: tag.into(),
+            path: path.into(),
+            cache: FsCache::Auto,
+        };
+        let base = VmConfig {
+            kernel: Some(k.clone()),
+            ..Default::default()
+        };
+        let with = |fs: Vec<FsShare>| VmConfig { fs, ..base.clone() };
+        assert_eq!(
+            with(vec![share("a", d.path())])
+                .validate()
+                .unwrap()
+                .fs
+                .len(),
+            1
+        );
+        let long = "x".repeat(37);
+        assert_eq!(
+            with(vec![share(&long, d.path())]).validate(),
+            Err(ConfigError::FsTag(long))
+        );
+        assert_eq!(
+            with(vec![share("", d.path())]).validate(),
+            Err(ConfigError::FsTag(String::new()))
+        );
+        assert_eq!(
+            with(vec![share("a", d.path()), share("a", d.path())]).validate(),
+            Err(ConfigError::FsTagTwice("a".into()))
+        );
+        assert_eq!(
+            with(vec![share("a", &k)]).validate(),
+            Err(ConfigError::FsDirMissing(k.clone()))
         );
     }
 

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
+pub mod landlock;
 pub mod lifecycle;
 pub mod seccomp;
 pub mod vcpu;

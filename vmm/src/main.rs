@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use husk_vmm::config::{BlockDisk, FsShare};
 use husk_vmm::seccomp::{self, ThreadRole};
 use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 
@@ -16,20 +17,25 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 /// 0x60/0x64 (guest reset ends the VMM, exit 0); debug-exit port 0xf4 (a written byte
 /// becomes the exit status; for test guests); virtio-vsock at 0xd0000000 (IRQ 5)
 /// with --vsock, hybrid Unix-socket backend: host clients connect to <vsock> and send
-/// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>.
+/// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>;
+/// virtio-fs with --fs (next windows and IRQs), served in-process (guest:
+/// `mount -t virtiofs <tag> <dir>`); virtio-blk with --disk (after the shares).
 /// SIGTERM or SIGINT stops the VM and exits 0.
 ///
 /// Hardening: every thread installs a seccomp allowlist for its role (--seccomp,
 /// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
 /// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
-/// calls and the FIONBIO ioctl; the main thread, once the vCPUs run, poll, tgkill,
+/// calls and the FIONBIO ioctl; the virtio-fs thread file system calls relative
+/// to the fds it holds; the virtio-blk thread positioned reads and writes; the main
+/// thread, once the vCPUs run, poll, tgkill,
 /// sleep and teardown calls; the signal thread sigwait; the console input thread read. A forbidden syscall prints
 /// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
-    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp); flags override it.
+    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, fs = [{tag, path,
+    /// cache}], disks = [{path, read_only}]); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
@@ -59,6 +65,14 @@ struct Cli {
     /// Guest CID for vsock (default 3).
     #[arg(long)]
     vsock_cid: Option<u32>,
+    /// Share a host directory over virtio-fs: tag=<tag>,path=<dir>[,cache=auto|never|always]
+    /// (path last: it takes the rest of the value). Repeatable; replaces the JSON list.
+    #[arg(long = "fs", value_name = "tag=TAG,path=DIR")]
+    fs: Vec<FsShare>,
+    /// Attach a raw disk image over virtio-blk: [readonly,]path=<file> (path last).
+    /// Repeatable; replaces the JSON list.
+    #[arg(long = "disk", value_name = "[readonly,]path=FILE")]
+    disk: Vec<BlockDisk>,
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
     allow_pvm: bool,
@@ -96,6 +110,12 @@ impl Cli {
         c.allow_pvm |= self.allow_pvm;
         c.console_input |= self.console_input;
         c.seccomp = self.seccomp.unwrap_or(c.seccomp);
+        if !self.fs.is_empty() {
+            c.fs = self.fs;
+        }
+        if !self.disk.is_empty() {
+            c.disks = self.disk;
+        }
         Ok(c)
     }
 }
@@ -149,6 +169,7 @@ fn forward_stop_signals(
 }
 
 fn run() -> anyhow::Result<i32> {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     let config = cli.into_config()?;
     let spec = config.validate().context("invalid VM configuration")?;
@@ -159,6 +180,8 @@ fn run() -> anyhow::Result<i32> {
     }
     forward_stop_signals(vm.exit_signal(), spec.seccomp)?;
     let running = vm.start().context("starting the vCPUs")?;
+    // main() to the vCPU threads entering KVM_RUN: the VMM's share of boot time.
+    tracing::info!(us = started.elapsed().as_micros() as u64, "vCPUs started");
     seccomp::apply(ThreadRole::Main, spec.seccomp).context("confining the main thread")?;
     let reason = running.wait();
     if let ExitReason::Error(msg) = &reason {

@@ -44,6 +44,10 @@ pub enum ThreadRole {
     Signals,
     /// Forwards stdin to the serial port.
     ConsoleInput,
+    /// The virtio-fs server: file system calls relative to fds it holds (passthrough).
+    FsWorker,
+    /// The virtio-blk worker: positioned I/O on the image it holds.
+    BlockWorker,
 }
 
 /// Errors from building or installing a filter.
@@ -131,6 +135,64 @@ fn role_syscalls(role: ThreadRole) -> &'static [i64] {
             libc::SYS_nanosleep,
             libc::SYS_clock_nanosleep,
         ],
+        // What fuse-backend-rs's passthrough issues: *at() calls relative to the fds
+        // it holds, reopening through /proc/self/fd, I/O on open files, per-thread
+        // credential switches (setresuid/setresgid) and CAP_FSETID juggling.
+        ThreadRole::FsWorker => &[
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_read,
+            libc::SYS_readv,
+            libc::SYS_pread64,
+            libc::SYS_preadv,
+            libc::SYS_preadv2,
+            libc::SYS_pwrite64,
+            libc::SYS_pwritev,
+            libc::SYS_pwritev2,
+            libc::SYS_openat,
+            libc::SYS_newfstatat,
+            libc::SYS_fstat,
+            libc::SYS_statx,
+            libc::SYS_fstatfs,
+            libc::SYS_getdents64,
+            libc::SYS_lseek,
+            libc::SYS_readlinkat,
+            libc::SYS_mkdirat,
+            libc::SYS_mknodat,
+            libc::SYS_symlinkat,
+            libc::SYS_linkat,
+            libc::SYS_unlinkat,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+            libc::SYS_fchmod,
+            libc::SYS_fchmodat,
+            libc::SYS_fchown,
+            libc::SYS_fchownat,
+            libc::SYS_utimensat,
+            libc::SYS_ftruncate,
+            libc::SYS_fallocate,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_copy_file_range,
+            libc::SYS_dup,
+            libc::SYS_umask,
+            libc::SYS_setresuid,
+            libc::SYS_setresgid,
+            libc::SYS_capget,
+            libc::SYS_capset,
+        ],
+        ThreadRole::BlockWorker => &[
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_read,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+        ],
     }
 }
 
@@ -150,14 +212,16 @@ pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, S
         )?])
     };
     // fcntl only to duplicate eventfds (virtio activation) and for std's debug-build
-    // fd checks on close.
-    rules.insert(
-        libc::SYS_fcntl,
-        vec![
-            arg1_is(libc::F_GETFD as u64).map_err(build)?,
-            arg1_is(libc::F_DUPFD_CLOEXEC as u64).map_err(build)?,
-        ],
-    );
+    // fd checks on close; the fs server also sets O_APPEND/O_DIRECT on open files.
+    let mut fcntl = vec![
+        arg1_is(libc::F_GETFD as u64).map_err(build)?,
+        arg1_is(libc::F_DUPFD_CLOEXEC as u64).map_err(build)?,
+    ];
+    if role == ThreadRole::FsWorker {
+        fcntl.push(arg1_is(libc::F_GETFL as u64).map_err(build)?);
+        fcntl.push(arg1_is(libc::F_SETFL as u64).map_err(build)?);
+    }
+    rules.insert(libc::SYS_fcntl, fcntl);
     match role {
         ThreadRole::Vcpu => {
             rules.insert(libc::SYS_ioctl, vec![arg1_is(KVM_RUN).map_err(build)?]);
@@ -165,7 +229,11 @@ pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, S
         ThreadRole::VsockWorker => {
             rules.insert(libc::SYS_ioctl, vec![arg1_is(FIONBIO).map_err(build)?]);
         }
-        ThreadRole::Main | ThreadRole::Signals | ThreadRole::ConsoleInput => {}
+        ThreadRole::Main
+        | ThreadRole::Signals
+        | ThreadRole::ConsoleInput
+        | ThreadRole::FsWorker
+        | ThreadRole::BlockWorker => {}
     }
     let mismatch = match level {
         SeccompLevel::Log => SeccompAction::Log,
@@ -231,6 +299,8 @@ mod tests {
             ThreadRole::Main,
             ThreadRole::Signals,
             ThreadRole::ConsoleInput,
+            ThreadRole::FsWorker,
+            ThreadRole::BlockWorker,
         ] {
             for level in [SeccompLevel::Log, SeccompLevel::Enforce] {
                 let prog = filter_for(role, level).unwrap();

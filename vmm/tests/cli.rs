@@ -156,3 +156,44 @@ fn console_input_reaches_the_guest_uart() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(i32::from(b'Z')));
 }
+
+/// `--vsock`, `--fs` and `--disk` get consecutive virtio-mmio slots (vsock, fs, blk):
+/// the guest reads each slot's DeviceID and exits with it. Seccomp is enforced, so the
+/// fs and blk threads install their filters and tear down confined.
+#[test]
+fn fs_and_disk_devices_take_the_next_virtio_slots() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    for (slot, device_id) in [(0u64, 19), (1, 26), (2, 2)] {
+        let code = dir.path().join(format!("guest{slot}.bin"));
+        std::fs::write(
+            &code,
+            Asm::default()
+                .load32(0xd000_0008 + slot * 0x1000)
+                .out_al(0xf4)
+                .hlt()
+                .finish(),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["--raw64", code.to_str().unwrap(), "--memory-mib", "16"])
+            .arg("--vsock")
+            .arg(dir.path().join("v.sock"))
+            .arg("--fs")
+            .arg(format!("tag=husk-shared,path={}", shared.display()))
+            .arg("--disk")
+            .arg(format!("readonly,path={}", disk.display()))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(device_id),
+            "slot {slot}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -31,7 +31,8 @@ use husk_runtime::logging::LogFormat;
 /// The VM backends a workload in `vm` isolation can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HypervisorChoice {
-    /// The built-in VMM where hardware virtualization is usable, else QEMU.
+    /// builtin where /dev/kvm has hardware virtualization (and husk-vmm is installed),
+    /// else QEMU.
     Auto,
     /// husk-vmm, the built-in microVM monitor.
     Builtin,

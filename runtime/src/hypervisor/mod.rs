@@ -1,9 +1,10 @@
 //! VM backends for vm isolation behind one [`Hypervisor`] trait, and what the host
 //! offers them: the kind of KVM, the guest kernel and initramfs, the helper programs.
 //!
-//! Only the `qemu` backend is wired into the runtime so far; `builtin` (husk-vmm)
-//! is refused with a clear error rather than silently replaced.
+//! `builtin` (husk-vmm) where /dev/kvm has hardware virtualization, else `qemu`
+//! (KVM or TCG); an explicit `builtin` that cannot run is an error, never a swap.
 
+pub mod builtin;
 pub mod qemu;
 
 use std::fmt;
@@ -21,11 +22,9 @@ pub const DEFAULT_VCPUS: u32 = 1;
 /// Errors of the hypervisor layer.
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
-    /// The built-in VMM exists (`husk-vmm`) but the runtime cannot drive it yet.
-    #[error(
-        "builtin backend not wired into the runtime yet (husk-vmm); use --hypervisor qemu or auto"
-    )]
-    BuiltinNotWired,
+    /// The built-in VMM cannot boot a stock Linux guest on this host's KVM.
+    #[error("the builtin backend (husk-vmm) needs hardware virtualization, but /dev/kvm is {0}; use --hypervisor qemu (or auto, which picks qemu here)")]
+    BuiltinNeedsKvm(String),
     /// A program the backend needs is not installed.
     #[error("{program} not found ({hint})")]
     MissingProgram { program: String, hint: String },
@@ -425,22 +424,35 @@ pub enum Backend {
     Qemu,
 }
 
-/// Resolves a backend choice to a hypervisor; `auto` is QEMU (the only one wired in),
-/// `builtin` is refused. Returns the hypervisor and why it was chosen.
+/// Resolves a backend choice to a hypervisor: `auto` is builtin (husk-vmm) when
+/// /dev/kvm has hardware virtualization and husk-vmm is installed, else qemu; an
+/// explicit `builtin` that cannot run is an error. Returns the hypervisor and why.
 pub fn select(choice: Backend) -> Result<(Box<dyn Hypervisor>, String), HypervisorError> {
     match choice {
-        Backend::Builtin => Err(HypervisorError::BuiltinNotWired),
+        Backend::Builtin => {
+            let b = builtin::Builtin::detect()?;
+            let why = format!("--hypervisor builtin, {}", b.reason());
+            Ok((Box::new(b), why))
+        }
         Backend::Qemu => {
             let q = qemu::Qemu::detect()?;
             let why = format!("--hypervisor qemu, {}", q.accel_reason());
             Ok((Box::new(q), why))
         }
         Backend::Auto => {
+            let not_builtin = match builtin::Builtin::detect() {
+                Ok(b) => {
+                    let why = format!("auto: hardware KVM, so builtin: {}", b.reason());
+                    return Ok((Box::new(b), why));
+                }
+                // accel_reason() below says what /dev/kvm is.
+                Err(HypervisorError::BuiltinNeedsKvm(_)) => {
+                    "builtin needs hardware virtualization".to_string()
+                }
+                Err(e) => format!("builtin is unavailable: {e}"),
+            };
             let q = qemu::Qemu::detect()?;
-            let why = format!(
-                "auto: the builtin backend is not wired into the runtime yet, so qemu; {}",
-                q.accel_reason()
-            );
+            let why = format!("auto: qemu ({not_builtin}); {}", q.accel_reason());
             Ok((Box::new(q), why))
         }
     }

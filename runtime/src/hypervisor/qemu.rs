@@ -111,7 +111,7 @@ impl Qemu {
 
 /// Spawns a VM process: own process group (a terminal's Ctrl-C reaches husk, which
 /// forwards it to the container, not the VMM), output to `log`, and killed if husk dies.
-fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, HypervisorError> {
+pub(super) fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, HypervisorError> {
     let name = program.display().to_string();
     let log_file = std::fs::File::create(log).map_err(|source| HypervisorError::Io {
         what: format!("create {}", log.display()),

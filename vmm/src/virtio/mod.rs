@@ -1,10 +1,13 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x): the device trait, the
-//! interrupt line, the transport, and the devices (vsock).
+//! interrupt line, the transport, and the devices (vsock, fs, block).
 
+pub mod block;
+pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod vsock;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -3,26 +3,42 @@
 #
 # The host KVM here is PVM and cannot boot a stock Linux, so this boots QEMU TCG with
 # `-cpu max` and a Debian cloud kernel whose initramfs loads kvm/kvm-amd (SVM + nested
-# paging), then runs husk-vmm inside it on a real /dev/kvm with 2 vCPUs.
+# paging), then runs husk-vmm inside it on a real /dev/kvm with 2 vCPUs, twice:
 #
-# The husk-vmm guest kernel is $HUSK_GUEST_KERNEL, else the newest project guest
-# kernel in $HUSK_CACHE/kernel/*/vmlinux (ELF, PVH entry, virtio-mmio cmdline devices
-# and vsock built in). Its busybox initramfs answers one vsock connection on port 1024
-# and reboots (i8042 reset); a client in the nested host speaks the hybrid vsock
-# protocol (CONNECT/OK) to it. Passes when the guest booted, the vsock echo round trip
-# worked and husk-vmm exited 0.
+# 1. The husk-vmm guest kernel is $HUSK_GUEST_KERNEL, else the newest project guest
+#    kernel in $HUSK_CACHE/kernel/*/vmlinux (ELF, PVH entry, virtio-mmio cmdline
+#    devices and vsock built in). Its busybox initramfs answers one vsock connection on
+#    port 1024 and reboots (i8042 reset); a client in the nested host speaks the hybrid
+#    vsock protocol (CONNECT/OK) to it. Passes when the guest booted, the vsock echo
+#    round trip worked and husk-vmm exited 0.
+# 2. The same kernel with the REAL agent initramfs (newest
+#    $HUSK_CACHE/initramfs/*/initramfs.cpio, built from agent/ when there is none) and
+#    a virtio-fs share (--fs tag=husk-shared,path=/shared) holding a busybox rootfs.
+#    The agent_probe example, in the nested host, connects over hybrid vsock, checks
+#    the agent's health, creates a sandbox that mounts the share, runs a container
+#    (`echo hello-from-vmm; write /from-guest.txt; exit 3`) and checks its output and
+#    exit code, then the probe's exec/stdin/tty/OOM cases, then DestroySandbox: the
+#    agent reboots the guest and husk-vmm exits 0. The file the container wrote must
+#    be in the nested host's /shared. The VM also gets a 4 MiB read-only virtio-blk
+#    disk, which its kernel must find. The nested host's kernel has Landlock, so the
+#    virtio-fs thread must report itself confined to /shared.
+# 3. The runtime end to end: `husk --isolation vm --hypervisor builtin run` of a
+#    bundle in the nested host (husk, husk-vmm beside it, the kernel and initramfs in
+#    a $HUSK_CACHE there): its stdout and exit status must be the container's, and
+#    husk must have picked builtin because /dev/kvm there has SVM.
 #
 # Without a project guest kernel (or with HUSK_GUEST_KERNEL=debian) the stock Debian
 # bzImage is the guest; it lacks
 # VIRTIO_MMIO_CMDLINE_DEVICES (no ACPI here, so no virtio discovery), so only boot,
 # console and reboot → exit 0 are checked, and the script says so.
 # Needs: root, Debian apt (qemu-system-x86, busybox-static, cpio, the kernel package),
-# rustc/cargo. Prints the whole serial log on failure. ~1 minute on 2 cores.
+# rustc/cargo. Prints the whole serial log (the nested host's console, with the agent
+# VM's console inside it) on failure. 1-3 minutes on 2 cores.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 CACHE=${HUSK_CACHE:-$HOME/.cache/husk}/vmm-nested
-TIMEOUT=${HUSK_NESTED_TIMEOUT:-300}
+TIMEOUT=${HUSK_NESTED_TIMEOUT:-900}
 WORK=$(mktemp -d /tmp/husk-vmm-nested.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$CACHE"
@@ -62,15 +78,28 @@ if [ -n "$GUEST_KERNEL" ]; then
 else
     VSOCK=0
     GUEST_KERNEL=$VMLINUZ
-    say "no project guest kernel: guest is the Debian bzImage; vsock part NOT run (boot, console, reboot only)"
+    say "no project guest kernel: guest is the Debian bzImage; vsock, agent and husk run parts NOT run (boot, console, reboot only)"
 fi
 KVER=$(ls "$CACHE"/root/lib/modules | head -1)
 MODS="$CACHE/root/lib/modules/$KVER/kernel"
 
-# husk-vmm and the vsock probe.
-say "building husk-vmm (release) and the vsock probe"
-(cd "$ROOT" && cargo build -q -p husk-vmm --release)
+# husk-vmm, the agent probe and the vsock probe.
+say "building husk-vmm, agent_probe and husk (release) and the vsock probe"
+(cd "$ROOT" && cargo build -q -p husk-vmm --release &&
+    cargo build -q -p husk-agent-protocol --example agent_probe --release &&
+    cargo build -q -p husk-runtime --bin husk --release)
 VMM="$ROOT/target/release/husk-vmm"
+PROBE="$ROOT/target/release/examples/agent_probe"
+HUSK="$ROOT/target/release/husk"
+AGENT_INITRAMFS=
+if [ $VSOCK = 1 ]; then
+    AGENT_INITRAMFS=${HUSK_AGENT_INITRAMFS:-$(ls -t "${HUSK_CACHE:-$HOME/.cache/husk}"/initramfs/*/initramfs.cpio 2>/dev/null | head -1 || true)}
+    if [ -z "$AGENT_INITRAMFS" ]; then
+        say "no agent initramfs in the cache: building it (agent/build-static.sh, agent/mkinitramfs.sh)"
+        AGENT_INITRAMFS=$(bash "$ROOT/agent/mkinitramfs.sh" "$(bash "$ROOT/agent/build-static.sh")")
+    fi
+    say "agent initramfs: $AGENT_INITRAMFS"
+fi
 rustc --edition 2021 -O -C target-feature=+crt-static -o "$WORK/vsock_probe" \
     "$ROOT/vmm/tests/nested/vsock_probe.rs"
 
@@ -112,12 +141,42 @@ H="$WORK/host"
 mkdir -p "$H"/{bin,proc,sys,dev,tmp,mod,guest,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$H/bin/"
 cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm/kvm-amd.ko" "$H/mod/"
-cp "$VMM" "$WORK/vsock_probe" "$H/"
-for lib in $(ldd "$VMM" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+cp "$VMM" "$PROBE" "$HUSK" "$WORK/vsock_probe" "$H/"
+# (ldd of several files prints "file:" headers: skip them.)
+for lib in $(ldd "$VMM" "$PROBE" "$HUSK" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
     cp -L "$lib" "$H$(dirname "$lib")/" 2>/dev/null || cp -L "$lib" "$H/lib/x86_64-linux-gnu/"
 done
-cp "$GUEST_KERNEL" "$H/guest/vmlinuz"
 cpio_of "$G" > "$H/guest/initrd"
+if [ $VSOCK = 1 ]; then
+    # The husk cache of the nested host (kernel and agent initramfs, found by husk);
+    # the direct husk-vmm runs use the same files.
+    mkdir -p "$H/cache/kernel/k" "$H/cache/initramfs/i"
+    cp "$GUEST_KERNEL" "$H/cache/kernel/k/vmlinux"
+    cp "$AGENT_INITRAMFS" "$H/cache/initramfs/i/initramfs.cpio"
+    ln -s ../cache/kernel/k/vmlinux "$H/guest/vmlinuz"
+    ln -s ../cache/initramfs/i/initramfs.cpio "$H/guest/agent.cpio"
+else
+    cp "$GUEST_KERNEL" "$H/guest/vmlinuz"
+fi
+if [ $VSOCK = 1 ]; then
+    # The agent VM: the real initramfs, and a shared dir holding a busybox rootfs as a
+    # bundle would (the agent mounts the share and runs the container from it).
+    R="$H/shared/hello/rootfs"
+    mkdir -p "$R"/{bin,proc,dev,sys,tmp}
+    cp /bin/busybox "$R/bin/"
+    ln -s busybox "$R/bin/sh"
+    for a in echo cat head tr sleep stty test; do ln -s busybox "$R/bin/$a"; done
+    args='"args": ["/bin/sh", "-c", "echo hello-from-vmm; echo written-in-the-guest > /from-guest.txt; exit 3"],'
+    sed "s|^    \"args\": .*|    $args|" "$ROOT/tests/guest/hello/config.json" > "$H/agent-spec.json"
+    grep -q hello-from-vmm "$H/agent-spec.json" ||
+        { say "could not set the container args in tests/guest/hello/config.json's copy"; exit 1; }
+    # A bundle for husk run: the same rootfs, its own config.json.
+    mkdir -p "$H/bundle"
+    cp -a "$R" "$H/bundle/rootfs"
+    rm -f "$H/bundle/rootfs/from-guest.txt"
+    args='"args": ["/bin/sh", "-c", "echo hello-from-husk-run; exit 7"],'
+    sed "s|^    \"args\": .*|    $args|" "$ROOT/tests/guest/hello/config.json" > "$H/bundle/config.json"
+fi
 cat > "$H/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -136,6 +195,51 @@ HUSK_VMM_LOG=info /husk-vmm --kernel /guest/vmlinuz --initramfs /guest/initrd \
     --cmdline "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd husk.vsock=$VSOCK"
 echo "HUSK-VMM-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
 if [ $VSOCK = 1 ]; then wait $probe; rc=$?; cat /tmp/probe.log; echo "VSOCK-PROBE-EXIT=$rc"; fi
+if [ $VSOCK = 1 ]; then
+    # The real agent with the rootfs shared over virtio-fs (seccomp enforced).
+    # Plus a 4 MiB read-only disk: the guest kernel must find it (virtio-blk).
+    dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null
+    echo "AGENT-VM-START uptime $(cut -d' ' -f1 /proc/uptime)"
+    HUSK_VMM_LOG=info /husk-vmm --kernel /guest/vmlinuz --initramfs /guest/agent.cpio \
+        --memory-mib 256 --vcpus 2 --vsock /tmp/a.sock --console /tmp/agent-console.log \
+        --fs tag=husk-shared,path=/shared --disk readonly,path=/tmp/disk.img \
+        2>/tmp/agent-vmm.log &
+    vmm=$!
+    /agent_probe --socket /tmp/a.sock --timeout 240 --vm-pid $vmm \
+        --container-spec /agent-spec.json --rootfs hello/rootfs --shared-tag husk-shared \
+        --expect-stdout hello-from-vmm --expect-exit 3 --destroy >/tmp/agent-probe.log 2>&1 &
+    probe=$!
+    # The VMM's own memory once the agent is up: RSS of every mapping but guest RAM
+    # (the one 256 MiB mapping).
+    for _ in $(seq 600); do grep -q "husk-agent ready" /tmp/agent-console.log 2>/dev/null && break; sleep 0.2; done
+    awk '/^Size:/ {size=$2} /^Rss:/ {if (size == 262144) guest += $2; else vmm += $2}
+         END {print "AGENT-VMM-RSS vmm " vmm " kB, guest RAM touched " guest " kB"}' /proc/$vmm/smaps
+    wait $probe
+    echo "AGENT-PROBE-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
+    # DestroySandbox reboots the guest; a VMM still up 30 s later is stopped so the
+    # consoles below are printed whatever happened.
+    for _ in $(seq 300); do kill -0 $vmm 2>/dev/null || break; sleep 0.1; done
+    kill -0 $vmm 2>/dev/null && { echo "AGENT-VMM-STILL-RUNNING: sending SIGTERM"; kill $vmm; }
+    wait $vmm
+    echo "AGENT-VMM-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
+    echo "AGENT-HOST-FILE=$(cat /shared/hello/rootfs/from-guest.txt 2>&1)"
+    sed 's/^/agent-probe: /' /tmp/agent-probe.log
+    sed 's/^/agent-vmm: /' /tmp/agent-vmm.log
+    echo "----- agent VM console (husk-vmm guest) -----"
+    cat /tmp/agent-console.log
+    echo "----- end of agent VM console -----"
+
+    # The runtime's builtin backend end to end.
+    mkdir -p /run /etc/husk
+    echo "HUSK-RUN-START uptime $(cut -d' ' -f1 /proc/uptime)"
+    HUSK_CACHE=/cache timeout 300 /husk --root /run/husk --debug --isolation vm \
+        --hypervisor auto run -b /bundle husk-vm-1 >/tmp/husk-run.out 2>/tmp/husk-run.err
+    echo "HUSK-RUN-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
+    echo "HUSK-RUN-STDOUT=$(cat /tmp/husk-run.out)"
+    sed 's/^/husk-run: /' /tmp/husk-run.err
+    leftover=$(ls /run/husk 2>/dev/null | grep -v '^\.' || true)
+    echo "HUSK-RUN-LEFTOVER=${leftover:-none}"
+fi
 poweroff -f
 INIT
 sed -i "s/@VSOCK@/$VSOCK/" "$H/init"
@@ -145,7 +249,7 @@ cpio_of "$H" > "$WORK/host.cpio"
 say "booting the nested host (QEMU TCG, -cpu max)"
 LOG="$WORK/serial.log"
 start=$(date +%s)
-timeout "$TIMEOUT" qemu-system-x86_64 -M q35,accel=tcg -cpu max -m 1024 -smp 1 \
+timeout "$TIMEOUT" qemu-system-x86_64 -M q35,accel=tcg -cpu max -m 1536 -smp 1 \
     -nographic -no-reboot -kernel "$VMLINUZ" -initrd "$WORK/host.cpio" \
     -append "console=ttyS0 panic=-1 quiet" >"$LOG" 2>&1 || true
 say "QEMU ran $(( $(date +%s) - start )) s; serial log kept in $CACHE/serial.log"
@@ -155,6 +259,11 @@ fail=0
 markers="NESTED-HOST-READY HUSK-GUEST-BOOTED HUSK-GUEST-DONE HUSK-VMM-EXIT=0"
 if [ $VSOCK = 1 ]; then
     markers="$markers VSOCK-LISTENING VSOCK-OK VSOCK-CLOSED VSOCK-GUEST-DONE VSOCK-PROBE-EXIT=0"
+    markers="$markers AGENT-VM-START husk-agent.ready AGENT-PROBE-EXIT=0 AGENT-VMM-EXIT=0"
+    markers="$markers AGENT-HOST-FILE=written-in-the-guest vda.*8192.512-byte"
+    markers="$markers agent-vmm:.*virtio-fs.thread.confined.by.Landlock"
+    markers="$markers HUSK-RUN-EXIT=7 HUSK-RUN-STDOUT=hello-from-husk-run HUSK-RUN-LEFTOVER=none"
+    markers="$markers husk-run:.husk:.vm.isolation.with.builtin"
 fi
 for marker in $markers; do
     if grep -q "$marker" "$LOG"; then say "ok: $marker"; else say "MISSING: $marker"; fail=1; fi
@@ -164,5 +273,6 @@ if [ $fail -ne 0 ]; then
     cat "$LOG"
     exit 1
 fi
-grep -E "HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-DONE|HUSK-VMM-EXIT" "$LOG" | sed 's/^/test-vmm-nested: /'
+grep -E "HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|husk-run: husk: vm isolation" "$LOG" |
+    sed 's/^/test-vmm-nested: /'
 say "passed"
