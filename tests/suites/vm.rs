@@ -8,7 +8,7 @@
 //! in $HUSK_CACHE/bin, see docs/guest.md). It fails loudly when any is missing.
 //! A failing test prints husk's debug log, which holds the guest console.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
