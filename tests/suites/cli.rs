@@ -393,7 +393,10 @@ fn cases() -> Vec<Case> {
             husk.husk(&["--isolation", "vm", "run", "-b", b, &id])
                 .fails_with("refusing to fall back");
             // An operator default of container does not let the flag's vm be downgraded.
-            let lenient = Husk::container_default(rootfs);
+            let lenient = Husk::new(
+                rootfs,
+                &format!("[isolation]\ndefault = \"container\"\n{NO_GUEST_KERNEL}"),
+            );
             lenient
                 .husk(&["--isolation", "vm", "create", "-b", b, &id])
                 .fails_with("vm isolation");
