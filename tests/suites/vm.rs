@@ -304,6 +304,53 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             }
             husk.assert_clean(&id)
         }),
+        ("vm_is_sized_from_the_spec_limits", |env| {
+            // 64 MiB limit + 128 MiB overhead = a 192 MiB guest; a 2-CPU quota gets 2
+            // vCPUs (this host has 2 CPUs).
+            let husk = Husk::new(env);
+            let id = unique("vm-size");
+            let mut bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo",
+            ]);
+            bundle.config["linux"]["resources"] = serde_json::json!({
+                "memory": { "limit": 64u64 << 20 },
+                "cpu": { "quota": 200000, "period": 100000 }
+            });
+            bundle.write();
+            let out = husk.husk(&[
+                "--isolation",
+                "vm",
+                "run",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                &id,
+            ]);
+            let mem_kib: u64 = out
+                .stdout
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let cpus = out
+                .stdout
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let host_cpus = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(2);
+            husk.expect(
+                out.code == 0
+                    && (150 * 1024..=192 * 1024).contains(&mem_kib)
+                    && cpus == host_cpus.to_string(),
+                || format!("want ~192 MiB and {host_cpus} vCPUs in the guest: {out:?}"),
+            )?;
+            husk.assert_clean(&id)
+        }),
         ("stderr_is_relayed_separately", |env| {
             let husk = Husk::new(env);
             let id = unique("vm-stderr");
