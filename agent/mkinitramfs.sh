@@ -17,7 +17,9 @@ LAYOUT=2
 HASH="$( (sha256sum <"$AGENT"; echo "layout $LAYOUT") | sha256sum | cut -c1-16)"
 OUT_DIR="$CACHE/initramfs/$HASH"
 OUT="$OUT_DIR/initramfs.cpio"
-if [ -s "$OUT" ]; then echo "$OUT"; exit 0; fi
+# Cached: touch it, so husk's default lookup (the newest image in the cache) boots the
+# agent this checkout asked for last, not one another checkout built later.
+if [ -s "$OUT" ]; then touch "$OUT"; echo "$OUT"; exit 0; fi
 
 mkdir -p "$OUT_DIR"
 STAGE="$(mktemp -d)"
