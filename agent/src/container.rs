@@ -508,23 +508,15 @@ impl Containers {
 
     pub fn signal(&self, id: &str, exec_id: &str, signal: i32) -> Result<(), ContainerError> {
         let pid = self.pid_of(id, exec_id)?;
-        let sig =
-            nix::sys::signal::Signal::try_from(signal).map_err(|_| ValidationError::Range {
-                what: "signal",
-                value: signal as u64,
-                min: 1,
-                max: 31,
-            })?;
+        let signal = signal_number(signal)?;
         // Signal the pid directly (libcontainer's kill only knows the init). Once
         // reaped, the pid may belong to someone else: refuse instead.
         if self.reaper.wait(pid, Some(Duration::ZERO)).is_some() {
             return Err(ContainerError::NoProcess(format!("{id}/{exec_id}")));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| {
-            ContainerError::Io {
-                what: format!("kill {pid}"),
-                source: e.into(),
-            }
+        send_signal(pid, signal).map_err(|e| ContainerError::Io {
+            what: format!("kill {pid}"),
+            source: e.into(),
         })
     }
 
@@ -687,19 +679,13 @@ impl Containers {
 
     /// Sends `signal` to every process in the container's cgroup.
     pub fn signal_all(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
-        let sig =
-            nix::sys::signal::Signal::try_from(signal).map_err(|_| ValidationError::Range {
-                what: "signal",
-                value: signal as u64,
-                min: 1,
-                max: 31,
-            })?;
+        let signal = signal_number(signal)?;
         let dir = self
             .cgroup_dir(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
         for pid in read_cgroup_pids(&dir)? {
             // A process may exit between the read and the kill: not an error.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            let _ = send_signal(pid, signal);
         }
         Ok(())
     }
@@ -833,6 +819,32 @@ fn pipe(what: &'static str) -> Result<(File, File), ContainerError> {
             source: e.into(),
         })?;
     Ok((File::from(r), File::from(w)))
+}
+
+/// Checks a signal number the host sent: 1..=64, real-time signals included
+/// (`docker kill -s RTMIN+1` is valid; nix's `Signal` only names 1..=31).
+fn signal_number(signal: i32) -> Result<i32, ValidationError> {
+    if (1..=64).contains(&signal) {
+        Ok(signal)
+    } else {
+        Err(ValidationError::Range {
+            what: "signal",
+            value: u64::from(signal.unsigned_abs()),
+            min: 1,
+            max: 64,
+        })
+    }
+}
+
+/// kill(2) with a raw signal number, so real-time signals reach the process too.
+/// A pid of 0 or below would signal a process group or every process: refused.
+fn send_signal(pid: i32, signal: i32) -> nix::Result<()> {
+    if pid <= 0 {
+        return Err(nix::errno::Errno::ESRCH);
+    }
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, signal) };
+    nix::errno::Errno::result(rc).map(drop)
 }
 
 #[cfg(test)]

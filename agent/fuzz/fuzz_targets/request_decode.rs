@@ -160,6 +160,9 @@ const RPCS: &[&str] = &[
     "/husk.agent.v1.Agent/TtyWinResize",
     "/husk.agent.v1.Agent/StatsContainer",
     "/husk.agent.v1.Agent/UpdateContainer",
+    "/husk.agent.v1.Agent/PauseContainer",
+    "/husk.agent.v1.Agent/ResumeContainer",
+    "/husk.agent.v1.Agent/ListProcesses",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -225,6 +228,11 @@ fuzz_target!(|data: &[u8]| {
         "UpdateContainer" => expect(payload, |r: &pb::UpdateContainerRequest| {
             Expect::JsonThenNotFound(id_is_valid(&r.container_id) && json_len_ok(&r.resources_json))
         }),
+        "PauseContainer" | "ResumeContainer" | "ListProcesses" => {
+            expect(payload, |r: &pb::ContainerRequest| {
+                Expect::NotFoundIfValid(id_is_valid(&r.container_id))
+            })
+        }
         other => unreachable!("no oracle for {other}"),
     };
 

@@ -16,7 +16,7 @@ REPO = os.path.join(HERE, "..", "..", "..")
 RPCS = ["Check", "Version", "DestroySandbox", "CreateContainer", "StartContainer",
         "RemoveContainer", "ExecProcess", "SignalProcess", "WaitProcess", "ReadStdout",
         "ReadStderr", "WriteStdin", "CloseStdin", "TtyWinResize", "StatsContainer",
-        "UpdateContainer"]
+        "UpdateContainer", "PauseContainer", "ResumeContainer", "ListProcesses"]
 
 
 def varint(n):
@@ -61,6 +61,7 @@ def main():
         "remove": ("RemoveContainer", msg((1, "c1"), (2, 5))),
         "exec": ("ExecProcess", msg((1, "c1"), (2, "e1"), (3, process), (4, True))),
         "signal": ("SignalProcess", msg((1, "c1"), (2, "e1"), (3, 15))),
+        "signal-all-rt": ("SignalProcess", msg((1, "c1"), (3, 40), (4, True))),
         "wait": ("WaitProcess", msg((1, "c1"))),
         "read-stdout": ("ReadStdout", msg((1, "c1"), (3, 4096))),
         "read-stderr": ("ReadStderr", msg((1, "c1"), (2, "e1"), (3, 1 << 20))),
@@ -69,6 +70,9 @@ def main():
         "resize": ("TtyWinResize", msg((1, "c1"), (3, 40), (4, 100))),
         "stats": ("StatsContainer", msg((1, "c1"))),
         "update": ("UpdateContainer", msg((1, "c1"), (2, resources))),
+        "pause": ("PauseContainer", msg((1, "c1"))),
+        "resume": ("ResumeContainer", msg((1, "c1/x"))),
+        "processes": ("ListProcesses", msg((1, "c1"))),
     }
     write("request_decode", {name: bytes([RPCS.index(rpc)]) + payload
                              for name, (rpc, payload) in requests.items()})
