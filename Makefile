@@ -16,7 +16,7 @@ TEST_SUITES :=
 
 -include mk/*.mk
 
-.PHONY: setup build demo test lint unit-test e2e bench
+.PHONY: setup build demo test lint unit-test e2e bench bench-compare
 setup:
 	bash scripts/setup.sh
 
@@ -43,5 +43,10 @@ demo: build guest-artifacts
 test: build lint unit-test e2e $(TEST_SUITES)
 	@echo "make test: all suites passed"
 
-bench: build
+# Every benchmark: container startup, vm vs container, and the end-to-end comparison.
+bench: build guest-artifacts
 	$(CARGO) bench -p husk-benches
+
+# docker run and direct run, vm isolation vs husk container vs runc vs crun, memory.
+bench-compare: build guest-artifacts
+	$(CARGO) bench -p husk-benches --bench compare

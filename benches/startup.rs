@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use husk_benches::{hide_unified_cgroup_mount, median, p90};
 use husk_e2e::fixture::{Bundle, Rootfs};
 
 struct Runtime {
@@ -69,44 +70,6 @@ impl Runtime {
         self.exec(&["run", "--bundle", bundle.to_str().unwrap(), id])?;
         Ok(started.elapsed())
     }
-}
-
-/// crun 1.8 refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported") as
-/// soon as the cgroup2 mount has a controller. The benchmark runs every runtime in one
-/// private mount namespace without that mount: all three then manage the same v1
-/// hierarchies (which husk and runc use on this host anyway), so crun can be measured
-/// doing the same work.
-fn hide_unified_cgroup_mount() -> Option<String> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    if !unified.join("cgroup.controllers").exists() {
-        return None;
-    }
-    let hidden = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .and_then(|()| {
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-        })
-        .and_then(|()| umount2(unified, MntFlags::MNT_DETACH));
-    Some(match hidden {
-        Ok(()) => "runtimes run in a private mount namespace without the cgroup2 mount at /sys/fs/cgroup/unified (hybrid host): all use the v1 hierarchies, so crun 1.8 can run".into(),
-        Err(err) => format!("could not hide the hybrid cgroup2 mount ({err}); crun 1.8 may refuse to run"),
-    })
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn p90(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[(samples.len() * 9 / 10).min(samples.len() - 1)]
 }
 
 fn ms(d: Duration) -> String {

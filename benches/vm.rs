@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use husk_benches::{proc_field, process_name as name};
 use husk_e2e::fixture::{Bundle, Rootfs};
 
 fn husk(root: &Path, isolation: &str) -> Command {
@@ -35,32 +36,6 @@ fn boot_ms(log: &Path) -> Option<f64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn proc_field(pid: i32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Children of `parent` (the VM's processes under a foreground husk).
-fn children(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|pid| proc_field(*pid, "status", "PPid:") == Some(parent as u64))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn name(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 fn main() {
@@ -137,7 +112,7 @@ fn main() {
     let _ = stdout.read_exact(&mut first);
     std::thread::sleep(Duration::from_secs(2));
     let mut pss = Vec::new();
-    for pid in std::iter::once(husk_pid).chain(children(husk_pid)) {
+    for pid in husk_benches::process_tree(husk_pid) {
         if let Some(kb) = proc_field(pid, "smaps_rollup", "Pss:") {
             pss.push((name(pid), kb));
         }

@@ -1,1 +1,126 @@
-//! Benchmarks live in the bench targets; this crate has no library code.
+//! What the bench targets share: the hybrid-cgroup workaround that lets crun run
+//! here, medians, and reading a process tree's memory from /proc.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// crun 1.8 refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported") as
+/// soon as the cgroup2 mount has a controller. The benchmarks run every runtime in one
+/// private mount namespace without that mount: all of them then manage the same v1
+/// hierarchies (which husk and runc use on this host anyway), so crun can be measured
+/// doing the same work. Returns what was done, for the report; None on a host
+/// without the hybrid mount.
+pub fn hide_unified_cgroup_mount() -> Option<String> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if !unified.join("cgroup.controllers").exists() {
+        return None;
+    }
+    let hidden = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+        })
+        .and_then(|()| umount2(unified, MntFlags::MNT_DETACH));
+    Some(match hidden {
+        Ok(()) => "runtimes run in a private mount namespace without the cgroup2 mount at /sys/fs/cgroup/unified (hybrid host): all use the v1 hierarchies, so crun 1.8 can run".into(),
+        Err(err) => format!("could not hide the hybrid cgroup2 mount ({err}); crun 1.8 may refuse to run"),
+    })
+}
+
+/// The median of the samples (sorts them).
+pub fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// The 90th percentile of the samples (sorts them).
+pub fn p90(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 9 / 10).min(samples.len() - 1)]
+}
+
+/// `key`'s first number in /proc/<pid>/<file> (e.g. `Pss:` in smaps_rollup, kB).
+pub fn proc_field(pid: i32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The process's command name.
+pub fn process_name(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `root` and all its descendants, from one walk of /proc.
+pub fn process_tree(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for pid in entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            if let Some(parent) = proc_field(pid, "status", "PPid:") {
+                children.entry(parent as i32).or_default().push(pid);
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        if let Some(kids) = children.get(&tree[next]) {
+            tree.extend(kids);
+        }
+        next += 1;
+    }
+    tree
+}
+
+/// PSS in kB of each process of `root`'s tree, by name (processes that are gone by
+/// the time they are read are left out).
+pub fn tree_pss_kb(root: i32) -> Vec<(String, u64)> {
+    process_tree(root)
+        .into_iter()
+        .filter_map(|pid| Some((process_name(pid), proc_field(pid, "smaps_rollup", "Pss:")?)))
+        .collect()
+}
+
+/// One line about the machine the figures came from: CPU model, cores, memory,
+/// kernel and the load average at the time.
+pub fn machine_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem_gib = proc_meminfo_kb("MemTotal:").unwrap_or(0) as f64 / 1024.0 / 1024.0;
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}, load average {}",
+        load.join(" ")
+    )
+}
+
+fn proc_meminfo_kb(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
