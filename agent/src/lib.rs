@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod init;
+pub mod network;
 pub mod oom;
 pub mod reaper;
 pub mod service;

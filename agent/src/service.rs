@@ -36,6 +36,18 @@ impl From<ContainerError> for ttrpc::Error {
     }
 }
 
+impl From<crate::network::NetworkError> for ttrpc::Error {
+    fn from(e: crate::network::NetworkError) -> Self {
+        use crate::network::NetworkError;
+        let code = match &e {
+            NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+            NetworkError::NoDevice(_) => Code::FAILED_PRECONDITION,
+            NetworkError::Netlink(_) => Code::INTERNAL,
+        };
+        status(code, e)
+    }
+}
+
 fn invalid(e: ValidationError) -> ttrpc::Error {
     status(Code::INVALID_ARGUMENT, e)
 }
@@ -193,6 +205,21 @@ impl agent_ttrpc::Agent for AgentService {
                 )
             })?;
         }
+        Ok(empty())
+    }
+
+    fn configure_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: pb::ConfigureNetworkRequest,
+    ) -> ttrpc::Result<pb::Empty> {
+        let plan = crate::network::plan(&req)?;
+        tracing::info!(
+            "ConfigureNetwork: {} interfaces, {} routes",
+            plan.interfaces.len(),
+            plan.routes.len()
+        );
+        crate::network::apply(&plan)?;
         Ok(empty())
     }
 

@@ -12,7 +12,7 @@
 //!
 //! CreateContainer is not dispatched (a valid one would start a container): its
 //! payload goes through `container::validate_create`, which the service calls
-//! first. CreateSandbox (sethostname, mount) and GetOomEvent (blocks until an
+//! first; likewise ConfigureNetwork through `network::plan`. CreateSandbox (sethostname, mount) and GetOomEvent (blocks until an
 //! OOM kill) are left out.
 #![no_main]
 
@@ -163,6 +163,7 @@ const RPCS: &[&str] = &[
     "/husk.agent.v1.Agent/PauseContainer",
     "/husk.agent.v1.Agent/ResumeContainer",
     "/husk.agent.v1.Agent/ListProcesses",
+    "/husk.agent.v1.Agent/ConfigureNetwork",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -228,6 +229,21 @@ fuzz_target!(|data: &[u8]| {
         "UpdateContainer" => expect(payload, |r: &pb::UpdateContainerRequest| {
             Expect::JsonThenNotFound(id_is_valid(&r.container_id) && json_len_ok(&r.resources_json))
         }),
+        "ConfigureNetwork" => {
+            // Not dispatched (a valid one would reconfigure this host's network):
+            // the checks the service runs first must not panic, and what they
+            // accept is within the documented bounds.
+            if let Ok(req) = pb::ConfigureNetworkRequest::parse_from_bytes(payload) {
+                if let Ok(plan) = husk_agent::network::plan(&req) {
+                    assert!(plan.interfaces.len() <= husk_agent::network::MAX_INTERFACES);
+                    assert!(plan.routes.len() <= husk_agent::network::MAX_ROUTES);
+                    assert!(plan.interfaces.iter().all(|i| i.name.len() <= 15
+                        && i.name != "lo"
+                        && !i.name.contains('/')));
+                }
+            }
+            return;
+        }
         "PauseContainer" | "ResumeContainer" | "ListProcesses" => {
             expect(payload, |r: &pb::ContainerRequest| {
                 Expect::NotFoundIfValid(id_is_valid(&r.container_id))

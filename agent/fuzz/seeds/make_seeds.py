@@ -16,7 +16,8 @@ REPO = os.path.join(HERE, "..", "..", "..")
 RPCS = ["Check", "Version", "DestroySandbox", "CreateContainer", "StartContainer",
         "RemoveContainer", "ExecProcess", "SignalProcess", "WaitProcess", "ReadStdout",
         "ReadStderr", "WriteStdin", "CloseStdin", "TtyWinResize", "StatsContainer",
-        "UpdateContainer", "PauseContainer", "ResumeContainer", "ListProcesses"]
+        "UpdateContainer", "PauseContainer", "ResumeContainer", "ListProcesses",
+        "ConfigureNetwork"]
 
 
 def varint(n):
@@ -73,6 +74,10 @@ def main():
         "pause": ("PauseContainer", msg((1, "c1"))),
         "resume": ("ResumeContainer", msg((1, "c1/x"))),
         "processes": ("ListProcesses", msg((1, "c1"))),
+        "network": ("ConfigureNetwork", msg(
+            (1, msg((1, "eth0"), (2, "02:42:ac:11:00:02"), (3, 1500),
+                    (4, msg((1, "172.17.0.2"), (2, 16))))),
+            (2, msg((2, "172.17.0.1"), (3, "eth0"))))),
     }
     write("request_decode", {name: bytes([RPCS.index(rpc)]) + payload
                              for name, (rpc, payload) in requests.items()})

@@ -98,6 +98,13 @@ impl Hypervisor for Builtin {
     }
 
     fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
+        if !spec.net.is_empty() {
+            return Err(HypervisorError::Unsupported {
+                backend: "builtin",
+                what: "carry the container's network interfaces into the VM",
+                hint: "run it with --hypervisor qemu, or with a network namespace that has only loopback",
+            });
+        }
         let args = vmm_args(spec);
         tracing::debug!(?args, "starting husk-vmm");
         let vmm = super::qemu::spawn(&self.vmm, &args, &spec.state_dir.join("husk-vmm.log"))?;
@@ -127,6 +134,7 @@ mod tests {
             vsock_socket: "/state/a,b/vsock.sock".into(),
             memory_mib: 512,
             vcpus: 2,
+            net: Vec::new(),
         };
         let args = vmm_args(&spec);
         let value = |flag: &str| {

@@ -50,6 +50,13 @@ pub enum HypervisorError {
         what: String,
         source: std::io::Error,
     },
+    /// The backend cannot give the VM something the spec needs.
+    #[error("the {backend} backend cannot {what} yet; {hint}")]
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// How the guest's CPU is run.
@@ -289,6 +296,16 @@ pub struct VmSpec {
     pub vsock_socket: PathBuf,
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// virtio-net devices on taps the caller opened (see `vm::network`); the
+    /// descriptors stay the caller's and must outlive the start.
+    pub net: Vec<NetDevice>,
+}
+
+/// A virtio-net device backed by an open tap.
+#[derive(Debug, Clone, Copy)]
+pub struct NetDevice {
+    pub tap_fd: std::os::fd::RawFd,
+    pub mac: [u8; 6],
 }
 
 /// The virtio-fs tag of the shared directory.

@@ -104,6 +104,15 @@ impl Qemu {
                 super::SHARED_FS_TAG
             ),
         ];
+        for (n, device) in spec.net.iter().enumerate() {
+            args.push("-netdev".into());
+            args.push(format!("tap,id=net{n},fd={}", device.tap_fd));
+            args.push("-device".into());
+            args.push(format!(
+                "virtio-net-device,netdev=net{n},mac={}",
+                husk_netlink::format_mac(&device.mac)
+            ));
+        }
         args.shrink_to_fit();
         args
     }
@@ -112,6 +121,18 @@ impl Qemu {
 /// Spawns a VM process: own process group (a terminal's Ctrl-C reaches husk, which
 /// forwards it to the container, not the VMM), output to `log`, and killed if husk dies.
 pub(super) fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, HypervisorError> {
+    spawn_inheriting(program, args, log, &[])
+}
+
+/// [`spawn`], and the child keeps the descriptors in `inherit` (same numbers; they
+/// are close-on-exec in husk, so no other child gets them).
+pub(super) fn spawn_inheriting(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    inherit: &[std::os::fd::RawFd],
+) -> Result<Child, HypervisorError> {
+    let inherit = inherit.to_vec();
     let name = program.display().to_string();
     let log_file = std::fs::File::create(log).map_err(|source| HypervisorError::Io {
         what: format!("create {}", log.display()),
@@ -129,11 +150,17 @@ pub(super) fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child
         .stderr(log_err)
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // prctl(2), which is async-signal-safe; it touches no memory of the parent.
+    // prctl(2) and fcntl(2), which are async-signal-safe; it reads `inherit`, which
+    // was allocated before the fork, and allocates nothing.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for fd in &inherit {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -262,7 +289,8 @@ impl Hypervisor for Qemu {
 
         let args = self.qemu_args(spec, &vsock_vhost, &fs_vhost);
         tracing::debug!(?args, "starting qemu");
-        let vmm = match spawn(&self.qemu, &args, &dir.join("qemu.log")) {
+        let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
+        let vmm = match spawn_inheriting(&self.qemu, &args, &dir.join("qemu.log"), &taps) {
             Ok(child) => child,
             Err(e) => {
                 abandon(helpers);

@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use super::network::NetworkPlan;
 use serde_json::{json, Value};
 
 /// Where the agent mounts the sandbox's shared directory in the guest.
@@ -64,6 +65,8 @@ pub struct GuestPlan {
     pub read_only_root: bool,
     /// What was dropped because it has no meaning in the guest (logged as warnings).
     pub dropped: Vec<String>,
+    /// The network the guest gets (the spec's network namespace).
+    pub network: NetworkPlan,
 }
 
 fn is_bind(m: &Value) -> bool {
@@ -81,6 +84,11 @@ fn has_option(m: &Value, option: &str) -> bool {
 
 /// Rewrites a host OCI spec for the guest and lists the host paths to share.
 pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
+    if !spec.is_object() {
+        return Err(GuestSpecError::NotAnObject);
+    }
+    let network =
+        super::network::plan(&spec).map_err(|e| GuestSpecError::Unsupported(e.to_string()))?;
     let mut dropped = Vec::new();
     let mut mounts = Vec::new();
     let obj = spec.as_object_mut().ok_or(GuestSpecError::NotAnObject)?;
@@ -171,6 +179,11 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
         linux.remove("cgroupsPath");
         linux.remove("mountLabel");
         if let Some(Value::Array(namespaces)) = linux.get_mut("namespaces") {
+            if matches!(network, NetworkPlan::Carry(_)) {
+                // The engine's namespace is carried into the guest's own network
+                // namespace (vm::network): the container joins that one.
+                namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
+            }
             for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
                 if let Some(path) = ns.remove("path") {
                     dropped.push(format!(
@@ -187,6 +200,7 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
         mounts,
         read_only_root,
         dropped,
+        network,
     })
 }
 
@@ -341,19 +355,28 @@ mod tests {
         );
         assert!(plan.read_only_root);
         assert!(out["linux"].get("cgroupsPath").is_none());
-        assert!(out["linux"]["namespaces"][1].get("path").is_none());
+        // The engine's network namespace is carried: the container joins the guest's.
+        assert_eq!(out["linux"]["namespaces"], json!([{"type": "pid"}]));
+        assert_eq!(plan.network, NetworkPlan::Carry("/run/netns/x".into()));
         assert!(out["process"].get("apparmorProfile").is_none());
-        // hooks, the device bind, the netns path.
-        assert_eq!(plan.dropped.len(), 3, "{:?}", plan.dropped);
+        // hooks, the device bind.
+        assert_eq!(plan.dropped.len(), 2, "{:?}", plan.dropped);
     }
 
     #[test]
     fn missing_bind_source_is_an_error() {
         let spec = json!({"mounts": [
-            {"destination": "/d", "type": "bind", "source": "/nonexistent/husk-src"}]});
+            {"destination": "/d", "type": "bind", "source": "/nonexistent/husk-src"}],
+            "linux": {"namespaces": [{"type": "network"}]}});
         let err = plan(spec).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/husk-src"), "{err}");
         assert!(matches!(plan(json!([1])), Err(GuestSpecError::NotAnObject)));
+    }
+
+    #[test]
+    fn the_host_network_is_refused() {
+        let err = plan(json!({"linux": {"namespaces": [{"type": "pid"}]}})).unwrap_err();
+        assert!(err.to_string().contains("host's network"), "{err}");
     }
 
     #[test]

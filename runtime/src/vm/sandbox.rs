@@ -8,6 +8,7 @@
 //! leave the container's state for `husk state`/`husk delete` tears the VM down with
 //! [`VmSandbox::shutdown`] and keeps the state files.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,8 +21,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::Value;
 
 use super::guest_spec::{SharedMount, MOUNTS_DIR};
+use super::network::{self, NetworkPlan};
 use super::relay::{self, HostStdio, ProcessRef, RelayError};
-use crate::hypervisor::{Accel, GuestArtifacts, Hypervisor, RunningVm, VmSpec, SHARED_FS_TAG};
+use crate::hypervisor::{
+    Accel, GuestArtifacts, Hypervisor, NetDevice, RunningVm, VmSpec, SHARED_FS_TAG,
+};
 
 /// How long the agent gets to answer after the VMM starts (TCG boots in ~1.5 s here;
 /// a loaded machine can take much longer).
@@ -87,6 +91,9 @@ pub enum VmSandboxError {
     /// Relaying the container's process failed.
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// Carrying the container's network into the guest failed.
+    #[error(transparent)]
+    Network(#[from] super::network::NetworkError),
 }
 
 fn agent_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> VmSandboxError {
@@ -151,6 +158,8 @@ pub struct VmSandbox {
     vm: Option<RunningVm>,
     client: Option<ttrpc::Client>,
     destroyed: bool,
+    /// The container's network namespace wired to the VM's taps.
+    network: Option<network::Attachment>,
     /// VMM start to first health check answered.
     pub boot_time: Duration,
     pub accel: Accel,
@@ -173,6 +182,8 @@ pub struct BootParams<'a> {
     pub memory_mib: u32,
     pub vcpus: u32,
     pub signals: Option<&'a ForwardedSignals>,
+    /// The guest's network (the spec's network namespace).
+    pub network: &'a NetworkPlan,
 }
 
 impl VmSandbox {
@@ -191,6 +202,7 @@ impl VmSandbox {
             vm: None,
             client: None,
             destroyed: false,
+            network: None,
             boot_time: Duration::ZERO,
             accel: p.hypervisor.accel(),
         };
@@ -215,6 +227,22 @@ impl VmSandbox {
         })?;
         sandbox.mounted = true;
         sandbox.share_mounts(&shared, p.mounts)?;
+        if let NetworkPlan::Carry(namespace) = p.network {
+            sandbox.network = Some(network::attach(namespace, &sandbox.dir)?);
+        }
+        let net = sandbox
+            .network
+            .as_ref()
+            .map(|n| {
+                n.taps
+                    .iter()
+                    .map(|t| NetDevice {
+                        tap_fd: t.fd.as_raw_fd(),
+                        mac: t.mac,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let vsock = sandbox.dir.join("vsock.sock");
         let spec = VmSpec {
             artifacts: p.artifacts,
@@ -223,6 +251,7 @@ impl VmSandbox {
             vsock_socket: vsock.clone(),
             memory_mib: p.memory_mib,
             vcpus: p.vcpus,
+            net,
         };
         let started = Instant::now();
         let vm = p.hypervisor.start(&spec)?;
@@ -235,6 +264,12 @@ impl VmSandbox {
         let client = sandbox.connect(&vsock, started, p.signals)?;
         sandbox.boot_time = started.elapsed();
         sandbox.client = Some(client);
+        if let Some(network) = &sandbox.network {
+            sandbox
+                .agent()
+                .configure_network(ctx(Some(CALL_TIMEOUT)), &network.request)
+                .map_err(agent_err("ConfigureNetwork"))?;
+        }
         tracing::info!(
             hypervisor = p.hypervisor.name(),
             accel = %sandbox.accel,
@@ -463,6 +498,9 @@ impl VmSandbox {
         }
         if let Some(mut vm) = self.vm.take() {
             vm.stop(grace);
+        }
+        if let Some(network) = self.network.take() {
+            network.detach();
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
             for log in [
@@ -732,6 +770,7 @@ pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxEr
             }
         }
     }
+    network::detach_recorded(dir);
     let rootfs = dir.join("shared").join(ROOTFS_NAME);
     if rootfs.exists() {
         // EINVAL: not mounted (any more).

@@ -478,6 +478,7 @@ fn boot_and_create(
         memory_mib: launch.size.memory_mib,
         vcpus: launch.size.vcpus,
         signals: Some(signals),
+        network: &launch.plan.network,
     })?;
     sandbox.create_container(&launch.guest_id, &launch.plan.spec)?;
     let (host_stdio, raw_mode, _pty) = terminal_stdio(&stdio)?;

@@ -1,0 +1,527 @@
+//! Networking in vm isolation: the container's network namespace, prepared as a CNI
+//! plugin would (a namespace, a veth named eth0 with an address, an MTU and a default
+//! route, its peer in another namespace), is carried into the guest: a tap in that
+//! namespace, tc redirects veth ⇄ tap, a virtio-net device with the veth's MAC, and
+//! the agent gives the guest device the same addresses and routes.
+//!
+//! Every address here lives in namespaces the suite creates and removes itself
+//! (10.77.0.0/16); nothing touches the host's network.
+//!
+//! Needs: root, iproute2, busybox-static, qemu-system-x86 and the guest artifacts
+//! (`make -s guest-artifacts`). A failing test prints husk's debug log, which holds
+//! the guest console.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use husk_e2e::cmd::{self, Background, Output};
+use husk_e2e::fixture::{Bundle, Rootfs};
+use libtest_mimic::{Arguments, Failed};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A shell function `get HOST PORT` fetching `/` over HTTP with busybox nc
+/// (busybox-static's wget crashes in its static resolver).
+const HTTP_GET: &str =
+    "get() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox timeout 5 busybox nc \"$1\" \"$2\"; }";
+
+struct Env {
+    rootfs: Rootfs,
+    config: PathBuf,
+    _config_dir: tempfile::TempDir,
+}
+
+/// `ip` with arguments; panics with its output on failure (fixture set-up).
+fn ip(args: &[&str]) -> String {
+    let out = cmd::run(Command::new("ip").args(args), Duration::from_secs(20));
+    assert!(out.code == 0, "ip {}: {out:?}", args.join(" "));
+    out.stdout
+}
+
+/// Runs a command inside a test namespace.
+fn in_ns(ns: &str, args: &[&str]) -> Output {
+    cmd::run(
+        Command::new("ip").args(["netns", "exec", ns]).args(args),
+        Duration::from_secs(30),
+    )
+}
+
+/// A network namespace of the test, removed (with its veth ends) on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("husk-t-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        in_ns(&self.name, args)
+    }
+
+    /// Links in the namespace (`ip -o link` lines).
+    fn links(&self) -> String {
+        ip(&["-n", &self.name, "-o", "link"])
+    }
+
+    fn qdiscs(&self) -> String {
+        self.run(&["tc", "qdisc", "show"]).stdout
+    }
+
+    fn mac(&self, link: &str) -> String {
+        self.run(&["cat", &format!("/sys/class/net/{link}/address")])
+            .stdout
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Connects `a` and `b` with a veth pair: `a_name` in `a` with `a_addr`, `b_name`
+/// in `b` with `b_addr`, both up with `mtu`.
+fn veth(a: &Netns, a_name: &str, a_addr: &str, b: &Netns, b_name: &str, b_addr: &str, mtu: u32) {
+    static PAIRS: AtomicUsize = AtomicUsize::new(0);
+    let n = PAIRS.fetch_add(1, Ordering::Relaxed);
+    let tmp_a = format!("hv{}-{n}a", std::process::id() % 100000);
+    let tmp_b = format!("hv{}-{n}b", std::process::id() % 100000);
+    ip(&[
+        "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+    ]);
+    ip(&["link", "set", &tmp_a, "netns", &a.name]);
+    ip(&["link", "set", &tmp_b, "netns", &b.name]);
+    let mtu = mtu.to_string();
+    for (ns, tmp, name, addr) in [(a, &tmp_a, a_name, a_addr), (b, &tmp_b, b_name, b_addr)] {
+        ip(&["-n", &ns.name, "link", "set", tmp, "name", name]);
+        ip(&["-n", &ns.name, "link", "set", name, "mtu", &mtu, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", addr, "dev", name]);
+    }
+}
+
+/// One test's runtime root and debug log.
+struct Husk<'a> {
+    env: &'a Env,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Husk<'a> {
+    fn new(env: &'a Env) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("husk-vmnet-")
+            .tempdir()
+            .unwrap();
+        Self { env, dir }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(husk_e2e::husk_bin());
+        command
+            .arg("--root")
+            .arg(self.dir.path().join("state"))
+            .arg("--config")
+            .arg(&self.env.config)
+            .args(["--debug", "--log"])
+            .arg(self.dir.path().join("husk.log"))
+            .args(["--isolation", "vm"]);
+        command
+    }
+
+    fn husk(&self, args: &[&str]) -> Output {
+        cmd::run(self.command().args(args), TIMEOUT)
+    }
+
+    /// A bundle running `script` in the namespace at `netns` (None: a new one),
+    /// with CAP_NET_RAW for ping.
+    fn bundle(&self, netns: Option<&Netns>, script: &str) -> Bundle {
+        let script = format!("{HTTP_GET}; {script}");
+        let mut bundle = Bundle::new(self.env.rootfs.path(), &["sh", "-c", &script]);
+        let namespaces = bundle.config["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "network");
+        namespaces.push(match netns {
+            Some(ns) => json!({"type": "network", "path": ns.path()}),
+            None => json!({"type": "network"}),
+        });
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(caps) = bundle.config["process"]["capabilities"][set].as_array_mut() {
+                caps.push(json!("CAP_NET_RAW"));
+            }
+        }
+        bundle.write();
+        bundle
+    }
+
+    /// Foreground `run` of a bundle.
+    fn run(&self, id: &str, bundle: &Bundle) -> Output {
+        self.husk(&["run", "--bundle", bundle.path().to_str().unwrap(), id])
+    }
+
+    /// Starts a foreground `run` in the background; waits until its output says
+    /// `ready`. Returns the process and its stdout file.
+    fn spawn_until_ready(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+    ) -> Result<(Background, PathBuf), Failed> {
+        let stdout = self.dir.path().join(format!("{id}.out"));
+        let mut command = self.command();
+        command
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("{id}.err"))).unwrap());
+        let child = Background::spawn(&mut command);
+        let ready = cmd::wait_until(TIMEOUT, || {
+            std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready"))
+        });
+        let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+        self.expect(ready, || {
+            format!("{id} never printed ready; stdout: {text}")
+        })?;
+        Ok((child, stdout))
+    }
+
+    fn fail(&self, what: String) -> Failed {
+        let log = std::fs::read_to_string(self.dir.path().join("husk.log"))
+            .unwrap_or_else(|_| "(no log)".into());
+        format!("{what}\n----- husk debug log (with the guest console) -----\n{log}").into()
+    }
+
+    fn expect(&self, condition: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+        if condition {
+            Ok(())
+        } else {
+            Err(self.fail(what()))
+        }
+    }
+
+    /// The namespace holds no tap of ours and no ingress qdisc any more, and no VM
+    /// process is left.
+    fn expect_detached(&self, ns: &Netns) -> Result<(), Failed> {
+        let gone = cmd::wait_until(Duration::from_secs(10), || {
+            !ns.links().contains("husk-tap") && !ns.qdiscs().contains("ingress")
+        });
+        self.expect(gone, || {
+            format!(
+                "left in {}: links {} qdiscs {}",
+                ns.name,
+                ns.links(),
+                ns.qdiscs()
+            )
+        })?;
+        let state = self.dir.path().join("state").to_string_lossy().into_owned();
+        let left = husk_e2e::leaks::processes_mentioning(&state);
+        self.expect(left.is_empty(), || format!("processes left: {left:?}"))
+    }
+}
+
+/// A busybox httpd serving `body` in namespace `ns` on port 8080; killed on drop.
+struct Httpd {
+    child: Option<Background>,
+    _root: tempfile::TempDir,
+}
+
+impl Httpd {
+    fn start(ns: &Netns, body: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("index.html"), body).unwrap();
+        let busybox = husk_e2e::require_program("busybox");
+        let child = Background::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(busybox)
+                .args(["httpd", "-f", "-p", "8080", "-h"])
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        Self {
+            child: Some(child),
+            _root: root,
+        }
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait(Duration::from_secs(5));
+        }
+    }
+}
+
+fn cases() -> Vec<husk_e2e::Case<Env>> {
+    vec![
+        ("a_vm_container_reaches_its_peer_and_is_reached", |env| {
+            let husk = Husk::new(env);
+            let pod = Netns::new("pod");
+            let peer = Netns::new("peer");
+            veth(
+                &pod,
+                "eth0",
+                "10.77.1.2/24",
+                &peer,
+                "veth-p",
+                "10.77.1.1/24",
+                1400,
+            );
+            ip(&[
+                "-n",
+                &pod.name,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.77.1.1",
+            ]);
+            let _server = Httpd::start(&peer, "from-peer\n");
+            let pod_mac = pod.mac("eth0");
+            let peer_mac = peer.mac("veth-p");
+            let bundle = husk.bundle(
+                Some(&pod),
+                "cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address; \
+                 ip -4 -o addr show dev eth0; ip route; \
+                 ping -c 2 -W 5 10.77.1.1 | grep -o '2 packets received'; \
+                 cat /proc/net/arp; \
+                 for i in 1 2 3 4 5; do get 10.77.1.1 8080 | grep from- && break; sleep 1; done; \
+                 mkdir -p /tmp/www && echo from-vm > /tmp/www/index.html && \
+                 httpd -p 8081 -h /tmp/www && echo ready; trap 'exit 0' TERM; sleep 60 & wait",
+            );
+            let (child, stdout) = husk.spawn_until_ready("net-peer", &bundle)?;
+            let mut from_peer = None;
+            let reached = cmd::wait_until(Duration::from_secs(30), || {
+                let out = peer.run(&["sh", "-c", &format!("{HTTP_GET}; get 10.77.1.2 8081")]);
+                let ok = out.stdout.contains("from-vm");
+                from_peer = Some(out);
+                ok
+            });
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let status = child.wait(TIMEOUT);
+            let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+            husk.expect(status.is_some(), || {
+                "husk run did not end after SIGTERM".into()
+            })?;
+            let checks = [
+                ("MTU 1400", out.lines().next() == Some("1400")),
+                (
+                    "the veth's MAC",
+                    out.lines().nth(1) == Some(pod_mac.as_str()),
+                ),
+                ("address 10.77.1.2/24", out.contains("inet 10.77.1.2/24")),
+                ("default route", out.contains("default via 10.77.1.1")),
+                ("ping", out.contains("2 packets received")),
+                ("ARP entry of the peer", out.contains(&peer_mac)),
+                ("TCP to the peer", out.contains("from-peer")),
+                ("TCP from the peer", reached),
+            ];
+            let failed: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+            husk.expect(failed.is_empty(), || {
+                format!(
+                    "failed: {failed:?}; container output:\n{out}\npeer's request: {from_peer:?}"
+                )
+            })?;
+            husk.expect_detached(&pod)
+        }),
+        ("two_vms_connect_only_through_the_wired_path", |env| {
+            let husk = Husk::new(env);
+            let a = Netns::new("a");
+            let router = Netns::new("r");
+            let b = Netns::new("b");
+            veth(
+                &a,
+                "eth0",
+                "10.77.2.2/24",
+                &router,
+                "to-a",
+                "10.77.2.1/24",
+                1500,
+            );
+            veth(
+                &b,
+                "eth0",
+                "10.77.3.2/24",
+                &router,
+                "to-b",
+                "10.77.3.1/24",
+                1500,
+            );
+            ip(&["-n", &a.name, "route", "add", "default", "via", "10.77.2.1"]);
+            ip(&["-n", &b.name, "route", "add", "default", "via", "10.77.3.1"]);
+            router.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+            let server = husk.bundle(
+                Some(&b),
+                "mkdir -p /tmp/www && echo from-b > /tmp/www/index.html && \
+                 httpd -p 8080 -h /tmp/www && echo ready; trap 'exit 0' TERM; sleep 120 & wait",
+            );
+            let (server_run, _) = husk.spawn_until_ready("net-b", &server)?;
+            let fetch = "for i in 1 2 3; do get 10.77.3.2 8080 | grep from- && exit 0; sleep 1; done; echo unreachable";
+            let client = husk.bundle(Some(&a), fetch);
+            let routed = husk.run("net-a1", &client);
+            router.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+            let cut = husk.run("net-a2", &client);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(server_run.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = server_run.wait(TIMEOUT);
+            husk.expect(routed.stdout.contains("from-b"), || {
+                format!("through the router: {routed:?}")
+            })?;
+            husk.expect(
+                cut.stdout.contains("unreachable") && !cut.stdout.contains("from-b"),
+                || format!("with forwarding off the path must be cut: {cut:?}"),
+            )?;
+            husk.expect_detached(&a)?;
+            husk.expect_detached(&b)
+        }),
+        (
+            "a_namespace_without_interfaces_leaves_only_loopback",
+            |env| {
+                let husk = Husk::new(env);
+                let empty = Netns::new("none");
+                let script = "ls /sys/class/net | tr '\\n' ' '; echo; ip -4 -o addr show dev lo";
+                for (label, ns) in [("--network none", Some(&empty)), ("new namespace", None)] {
+                    let out = husk.run("net-none", &husk.bundle(ns, script));
+                    husk.expect(
+                        out.code == 0
+                            && out.stdout.lines().next() == Some("lo ")
+                            && (ns.is_none() || out.stdout.contains("inet 127.0.0.1/8")),
+                        || format!("{label}: want only loopback (up where carried): {out:?}"),
+                    )?;
+                }
+                husk.expect_detached(&empty)
+            },
+        ),
+        ("the_host_network_is_refused", |env| {
+            let husk = Husk::new(env);
+            let mut bundle = husk.bundle(None, "echo ran-in-vm");
+            bundle.config["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|ns| ns["type"] != "network");
+            bundle.write();
+            let out = husk.run("net-host", &bundle);
+            husk.expect(
+                out.code != 0
+                    && out.stderr.contains("host's network")
+                    && !out.stdout.contains("ran-in-vm"),
+                || format!("want a clear refusal: {out:?}"),
+            )?;
+            let state = husk.dir.path().join("state");
+            let left = husk_e2e::leaks::state_entries(&state);
+            husk.expect(left.is_empty(), || format!("state left: {left:?}"))
+        }),
+        ("kill_9_of_the_supervisor_then_delete_detaches", |env| {
+            let husk = Husk::new(env);
+            let pod = Netns::new("k9");
+            let peer = Netns::new("k9p");
+            veth(
+                &pod,
+                "eth0",
+                "10.77.4.2/24",
+                &peer,
+                "veth-p",
+                "10.77.4.1/24",
+                1500,
+            );
+            let bundle = husk.bundle(Some(&pod), "echo ready; sleep 300");
+            let out_path = husk.dir.path().join("k9.out");
+            let pid_file = husk.dir.path().join("k9.pid");
+            let mut create = husk.command();
+            create
+                .args(["create", "--bundle"])
+                .arg(bundle.path())
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg("net-k9")
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out_path).unwrap())
+                .stderr(Stdio::null());
+            let created = Background::spawn(&mut create).wait(TIMEOUT);
+            husk.expect(created.is_some_and(|s| s.success()), || {
+                format!("create: {created:?}")
+            })?;
+            husk.husk(&["start", "net-k9"]);
+            let attached = pod.links().contains("husk-tap") && pod.qdiscs().contains("ingress");
+            husk.expect(attached, || {
+                format!("not attached: {} {}", pod.links(), pod.qdiscs())
+            })?;
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            husk.expect(pid > 0, || "no supervisor pid".into())?;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let stopped = cmd::wait_until(TIMEOUT, || {
+                husk.husk(&["state", "net-k9"]).stdout.contains("stopped")
+            });
+            husk.expect(stopped, || "not reported stopped after kill -9".into())?;
+            husk.husk(&["delete", "--force", "net-k9"]);
+            husk.expect_detached(&pod)
+        }),
+    ]
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    husk_e2e::require_root("vm_net");
+    // Supervisors of detached containers outlive `husk create`: reap them.
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "cannot become a child subreaper");
+    husk_e2e::require_program("ip");
+    husk_e2e::require_program("tc");
+    husk_e2e::require_program("busybox");
+    husk_e2e::require_program("qemu-system-x86_64");
+    let (kernel, initramfs) = husk_e2e::guest::artifacts();
+    husk_e2e::guest::ensure_helpers();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        husk_e2e::guest::operator_config(&kernel, &initramfs),
+    )
+    .unwrap();
+    let env = Arc::new(Env {
+        rootfs: Rootfs::busybox(),
+        config,
+        _config_dir: config_dir,
+    });
+    let trials = husk_e2e::trials(&env, cases());
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit();
+}
