@@ -56,7 +56,7 @@ impl<'a> Husk<'a> {
         Self { env, dir, root }
     }
 
-    /// A runtime root as long as Docker's (`<exec-root>/runtime-<name>/moby`, and
+    /// A runtime root as long as Docker's (`<exec-root>/runtime-runc/moby`, and
     /// 64-hex ids): no socket of a sandbox fits in `sun_path` by its full path.
     fn with_long_root(env: &'a Env) -> Self {
         let mut husk = Self::new(env);

@@ -295,7 +295,7 @@ pub struct VmSpec {
 /// Every socket of a sandbox is named relative to its state dir, and the VM processes
 /// run there: a Unix socket path is limited to 107 bytes (`sun_path`), and the state
 /// dirs engines choose leave no room for an absolute one (Docker's is
-/// `<exec-root>/runtime-<name>/moby/<64 hex digits>`). husk reaches them through a
+/// `<exec-root>/runtime-runc/moby/<64 hex digits>`). husk reaches them through a
 /// descriptor of the directory (`vm::sandbox::SocketDir`).
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 
