@@ -264,6 +264,29 @@ fn reap(pid: i32) -> Option<i32> {
     }
 }
 
+/// Accepts one connection on a console socket and takes the descriptor it carries.
+fn receive_fd(listener: &std::os::unix::net::UnixListener) -> Option<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (stream, _) = listener.accept().ok()?;
+    let mut name = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let fd = msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+        _ => None,
+    })?;
+    // SAFETY: the kernel just passed us this descriptor; nothing else owns it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// The base name of a process's argv[0] (the supervisor runs /proc/self/exe as `husk`).
 fn program_name(pid: i32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -633,6 +656,87 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             husk.expect(status.is_some(), || "the supervisor was not reaped".into())?;
             husk.assert_clean(&id)
         }),
+        (
+            "create_with_console_socket_releases_the_callers_stdio",
+            |env| {
+                // containerd's runc shim reads create's stdout/stderr until end of file
+                // when it passes a console socket (`docker run -t`): the supervisor must
+                // not keep them open, or the shim waits for the container's exit.
+                let husk = Husk::new(env);
+                let id = unique("vm-console");
+                let mut bundle = husk.bundle(&["sh", "-c", "echo on-the-tty; sleep 600"]);
+                bundle.config["process"]["terminal"] = true.into();
+                bundle.write();
+                let socket = husk.dir.path().join("console.sock");
+                let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+                let receiver = std::thread::spawn(move || receive_fd(&listener));
+                let pid_file = husk.dir.path().join("console.pid");
+                let mut child = husk
+                    .command()
+                    .args(["--isolation", "vm", "create", "--bundle"])
+                    .arg(bundle.path())
+                    .arg("--console-socket")
+                    .arg(&socket)
+                    .arg("--pid-file")
+                    .arg(&pid_file)
+                    .arg(&id)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdout = child.stdout.take().unwrap();
+                let mut stderr = child.stderr.take().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let (mut out, mut err) = (String::new(), String::new());
+                    let _ = stdout.read_to_string(&mut out);
+                    let _ = stderr.read_to_string(&mut err);
+                    let _ = tx.send((out, err));
+                });
+                let eof = rx.recv_timeout(TIMEOUT);
+                let status = child.wait().unwrap();
+                let master = receiver.join().unwrap();
+                let pid: i32 = std::fs::read_to_string(&pid_file)
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(0);
+                let result = husk
+                    .expect(status.success() && eof.is_ok(), || {
+                        format!("create exited {status:?}; its stdout/stderr reached EOF: {eof:?}")
+                    })
+                    .and_then(|()| husk.expect(master.is_some(), || "no pty master".into()))
+                    .and_then(|()| {
+                        husk.husk(&["start", &id]).ok();
+                        let master = master.unwrap();
+                        // Polled, never blocking: a silent container fails, not hangs.
+                        nix::fcntl::fcntl(
+                            std::os::fd::AsRawFd::as_raw_fd(&master),
+                            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                        )
+                        .unwrap();
+                        let mut tty = std::fs::File::from(master);
+                        let mut seen = Vec::new();
+                        let read = cmd::wait_until(TIMEOUT, || {
+                            use std::io::Read;
+                            let mut buf = [0u8; 256];
+                            if let Ok(n) = tty.read(&mut buf) {
+                                seen.extend_from_slice(&buf[..n]);
+                            }
+                            String::from_utf8_lossy(&seen).contains("on-the-tty")
+                        });
+                        husk.expect(read, || {
+                            format!("the tty showed {:?}", String::from_utf8_lossy(&seen))
+                        })
+                    });
+                husk.husk(&["delete", "--force", &id]).ok();
+                if pid > 0 {
+                    reap(pid);
+                }
+                result.and(husk.assert_clean(&id))
+            },
+        ),
         ("run_detached_and_exec_detached", |env| {
             let husk = Husk::new(env);
             let id = unique("vm-detach");
