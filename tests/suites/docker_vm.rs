@@ -516,6 +516,10 @@ fn cases() -> Vec<Case> {
                     "{{.MemUsage}} pids={{.PIDs}}",
                     &c.id,
                 ]);
+                eprintln!(
+                    "docker_vm: known: docker stats shows the supervisor's host cgroup: {}",
+                    out.stdout.trim()
+                );
                 c.check(out.code == 0 && out.stdout.contains("pids="), || {
                     format!("docker stats: {out:?}")
                 })
@@ -534,6 +538,8 @@ fn cases() -> Vec<Case> {
                     let code = c.inspect("{{.State.ExitCode}}");
                     let logs = c.docker(&["logs", &c.id]);
                     // OOMKilled is not checked: it reads the supervisor's host cgroup.
+                    let oom = c.inspect("{{.State.OOMKilled}}");
+                    eprintln!("docker_vm: known: OOMKilled={oom} for a guest OOM kill");
                     c.check(exited && code == "137", || {
                         format!("exited={exited} code={code} logs={logs:?}")
                     })?;
