@@ -333,6 +333,9 @@ impl Containers {
         let cgroup = PathBuf::from(format!("/husk/{}", p.id));
         let mut linux = spec.linux().clone().unwrap_or_default();
         linux.set_cgroups_path(Some(cgroup.clone()));
+        if let Some(resources) = linux.resources().clone() {
+            linux.set_resources(Some(guest_resources(resources, guest_has_swap())));
+        }
         spec.set_linux(Some(linux));
         spec.save(bundle.join("config.json"))
             .map_err(|e| ContainerError::Io {
@@ -634,7 +637,7 @@ impl Containers {
     /// Applies new resource limits (OCI `linux.resources` JSON).
     pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), ContainerError> {
         use libcgroups::common::CgroupManager;
-        let resources = parse_resources(resources_json)?;
+        let resources = guest_resources(parse_resources(resources_json)?, guest_has_swap());
         self.cgroup_manager(id)?
             .apply(&libcgroups::common::ControllerOpt {
                 resources: &resources,
@@ -812,6 +815,42 @@ pub fn parse_resources(json: &[u8]) -> Result<oci_spec::runtime::LinuxResources,
     })
 }
 
+/// Resources as the host sends them, made valid for this guest's cgroup v2:
+///
+/// - a CPU period of 0 means "not given" (Docker's `update` sends period 0 and quota
+///   0 when no CPU limit is set; libcgroups would write `max 0`, which the kernel
+///   refuses); a quota of 0 or less means no limit, written as `max`;
+/// - a swap limit is dropped when the guest has no swap (no `memory.swap.max` to
+///   write): memory + swap is then the memory limit alone, which is what it asked.
+pub fn guest_resources(
+    mut resources: oci_spec::runtime::LinuxResources,
+    has_swap: bool,
+) -> oci_spec::runtime::LinuxResources {
+    if let Some(mut cpu) = resources.cpu().clone() {
+        if cpu.period() == Some(0) {
+            cpu.set_period(None);
+        }
+        if cpu.quota().is_some_and(|q| q <= 0) {
+            cpu.set_quota(Some(-1));
+        }
+        resources.set_cpu(Some(cpu));
+    }
+    if !has_swap {
+        if let Some(mut memory) = *resources.memory() {
+            if memory.swap().is_some() {
+                memory.set_swap(None);
+                resources.set_memory(Some(memory));
+            }
+        }
+    }
+    resources
+}
+
+/// Whether the guest kernel has swap (and so cgroup v2's `memory.swap.max`).
+fn guest_has_swap() -> bool {
+    std::path::Path::new("/proc/swaps").exists()
+}
+
 fn pipe(what: &'static str) -> Result<(File, File), ContainerError> {
     let (r, w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ContainerError::Io {
@@ -895,6 +934,29 @@ mod tests {
             validate_create(&p, "c1", &spec_json(), "c1/../../x", false),
             Err(ContainerError::Invalid(ValidationError::Path(_)))
         ));
+    }
+
+    #[test]
+    fn zero_cpu_limits_and_swap_in_the_guest() {
+        let r = |json: &str| parse_resources(json.as_bytes()).unwrap();
+        // What `docker update --memory 64m` sends for a container without CPU limits.
+        let docker = r(r#"{"cpu":{"shares":0,"quota":0,"period":0},
+            "memory":{"limit":67108864,"swap":67108864}}"#);
+        let g = guest_resources(docker.clone(), false);
+        let cpu = g.cpu().clone().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(-1), None));
+        let memory = g.memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(64 << 20), None));
+        let with_swap = guest_resources(docker, true);
+        assert_eq!(with_swap.memory().unwrap().swap(), Some(64 << 20));
+        // Real limits pass unchanged.
+        let g = guest_resources(r(r#"{"cpu":{"quota":50000,"period":100000}}"#), false);
+        let cpu = g.cpu().clone().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(50000), Some(100000)));
+        // Quota 0 with a period: unlimited at that period (`max 100000`).
+        let g = guest_resources(r(r#"{"cpu":{"quota":0,"period":100000}}"#), false);
+        let cpu = g.cpu().clone().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(-1), Some(100000)));
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub fn processes_rooted_in(rootfs: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Processes whose command line contains `needle` (e.g. a state root or container id).
+/// Processes whose command line or working directory contains `needle` (e.g. a
+/// state root or container id). A sandbox's VM processes work in its state dir and
+/// name their sockets relative to it, so their command lines may not mention it.
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     all_pids()
@@ -63,7 +65,8 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
         .filter_map(|pid| {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let text = String::from_utf8_lossy(&raw).replace('\0', " ");
-            text.contains(needle).then_some((pid, text))
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            (text.contains(needle) || cwd.to_string_lossy().contains(needle)).then_some((pid, text))
         })
         .collect()
 }

@@ -351,20 +351,27 @@ fn main() {
     // Runs last (one thread, in order): nothing of the containers above may remain in
     // husk's state root.
     trials.push(Trial::test("zz_no_state_left_in_runtime_root", move || {
-        let runtime_root = leak_env
-            .docker
-            .exec_root()
-            .join(format!("runtime-{RUNTIME}"));
+        // Docker 20.10 gives every runtime `<exec-root>/runtime-runc/<namespace>`.
+        let exec_root = leak_env.docker.exec_root();
         let ids = leak_env.docker(&["ps", "-aq"]).ok().stdout;
         check(ids.trim().is_empty(), || format!("containers left: {ids}"))?;
         let mut left = Vec::new();
-        if let Ok(namespaces) = std::fs::read_dir(&runtime_root) {
-            for ns in namespaces.flatten() {
+        let runtime_roots = std::fs::read_dir(&exec_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"));
+        for runtime_root in runtime_roots {
+            for ns in std::fs::read_dir(runtime_root.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 left.extend(husk_e2e::leaks::state_entries(&ns.path()));
             }
         }
         check(left.is_empty(), || {
-            format!("husk state left in {}: {left:?}", runtime_root.display())
+            format!("husk state left in {}: {left:?}", exec_root.display())
         })
     }));
 

@@ -31,6 +31,7 @@ struct Env {
 struct Husk<'a> {
     env: &'a Env,
     dir: tempfile::TempDir,
+    root: PathBuf,
 }
 
 impl<'a> Husk<'a> {
@@ -50,12 +51,25 @@ impl<'a> Husk<'a> {
             .tempdir()
             .unwrap();
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        std::fs::create_dir(dir.path().join("state")).unwrap();
-        Self { env, dir }
+        let root = dir.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        Self { env, dir, root }
+    }
+
+    /// A runtime root as long as Docker's (`<exec-root>/runtime-runc/moby`, and
+    /// 64-hex ids): no socket of a sandbox fits in `sun_path` by its full path.
+    fn with_long_root(env: &'a Env) -> Self {
+        let mut husk = Self::new(env);
+        husk.root = husk
+            .dir
+            .path()
+            .join("state/exec/runtime-vm-with-a-long-name/moby");
+        std::fs::create_dir_all(&husk.root).unwrap();
+        husk
     }
 
     fn state_root(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.root.clone()
     }
 
     fn log(&self) -> PathBuf {
@@ -216,6 +230,19 @@ impl<'a> Husk<'a> {
     }
 }
 
+impl Drop for Husk<'_> {
+    /// A failed test may leave its container running: force-delete it before the
+    /// temp dir goes, or removing the dir would recurse through the sandbox's bind
+    /// mount of the shared busybox rootfs and empty it for every later test.
+    fn drop(&mut self) {
+        for id in leaks::state_entries(&self.root) {
+            if !id.starts_with('.') {
+                let _ = cmd::run(self.command().args(["delete", "--force", &id]), TIMEOUT);
+            }
+        }
+    }
+}
+
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(1);
@@ -235,6 +262,37 @@ fn reap(pid: i32) -> Option<i32> {
         Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
         _ => None,
     }
+}
+
+/// Accepts one connection on a console socket and takes the descriptor it carries.
+fn receive_fd(listener: &std::os::unix::net::UnixListener) -> Option<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (stream, _) = listener.accept().ok()?;
+    let mut name = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let fd = msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+        _ => None,
+    })?;
+    // SAFETY: the kernel just passed us this descriptor; nothing else owns it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The base name of a process's argv[0] (the supervisor runs /proc/self/exe as `husk`).
+fn program_name(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let arg0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    let arg0 = String::from_utf8_lossy(arg0);
+    arg0.rsplit('/').next().unwrap_or_default().to_string()
 }
 
 fn host_kernel_release() -> String {
@@ -519,9 +577,29 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             husk.expect(exec.code == 5 && exec.stdout == "in-exec\n", || {
                 format!("exec: want in-exec and exit 5: {exec:?}")
             })?;
+            // json: host pids (what docker top looks up on the host) — the
+            // supervisor and the VM's processes, never guest pids.
             let ps = husk.husk(&["ps", "--format", "json", &id]).ok();
             let pids: Vec<i32> = serde_json::from_str(ps.stdout_trimmed()).unwrap_or_default();
-            husk.expect(pids.len() >= 2, || format!("ps: want sh and sleep: {ps:?}"))?;
+            let commands: Vec<String> = pids.iter().map(|&p| program_name(p)).collect();
+            husk.expect(
+                pids.contains(&pid)
+                    && commands.iter().any(|c| c == "qemu-system-x86_64")
+                    && commands.iter().all(|c| {
+                        [
+                            "husk",
+                            "qemu-system-x86_64",
+                            "virtiofsd",
+                            "vhost-device-vsock",
+                        ]
+                        .contains(&c.as_str())
+                    }),
+                || {
+                    format!(
+                        "ps json: want the supervisor and VM host processes: {ps:?} {commands:?}"
+                    )
+                },
+            )?;
             let table = husk.husk(&["ps", &id]).ok();
             husk.expect(table.stdout.contains("sleep 600"), || {
                 format!("ps: {table:?}")
@@ -551,6 +629,114 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             husk.husk(&["delete", &id]).ok();
             husk.assert_clean(&id)
         }),
+        ("long_root_beyond_sun_path", |env| {
+            // Docker's state dirs make every sandbox socket path longer than the
+            // 107 bytes of sun_path: the VM processes and husk must not care.
+            let husk = Husk::with_long_root(env);
+            let id = format!("{:0>64}", unique("vm-long").replace('-', ""));
+            let socket = husk.state_root().join(&id).join("vhost-vsock.sock");
+            husk.expect(socket.as_os_str().len() > 107, || {
+                format!("{} is not long enough", socket.display())
+            })?;
+            let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 600"]);
+            let (pid, _) = husk.create_and_start(&id, &bundle)?;
+            let exec = husk.husk(&["exec", &id, "sh", "-c", "echo in-exec; exit 3"]);
+            husk.expect(exec.code == 3 && exec.stdout == "in-exec\n", || {
+                format!("exec: want in-exec and exit 3: {exec:?}")
+            })?;
+            let ps = husk.husk(&["ps", "--format", "json", &id]).ok();
+            let pids: Vec<i32> = serde_json::from_str(ps.stdout_trimmed()).unwrap_or_default();
+            husk.expect(pids.len() == 4 && pids.contains(&pid), || {
+                format!("ps json: want supervisor, qemu, virtiofsd, vhost-device-vsock: {ps:?}")
+            })?;
+            // delete --force recognises the VM processes (relative socket names: their
+            // command lines need not name the state dir) and removes everything.
+            husk.husk(&["delete", "--force", &id]).ok();
+            let status = reap(pid);
+            husk.expect(status.is_some(), || "the supervisor was not reaped".into())?;
+            husk.assert_clean(&id)
+        }),
+        (
+            "create_with_console_socket_releases_the_callers_stdio",
+            |env| {
+                // containerd's runc shim reads create's stdout/stderr until end of file
+                // when it passes a console socket (`docker run -t`): the supervisor must
+                // not keep them open, or the shim waits for the container's exit.
+                let husk = Husk::new(env);
+                let id = unique("vm-console");
+                let mut bundle = husk.bundle(&["sh", "-c", "echo on-the-tty; sleep 600"]);
+                bundle.config["process"]["terminal"] = true.into();
+                bundle.write();
+                let socket = husk.dir.path().join("console.sock");
+                let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+                let receiver = std::thread::spawn(move || receive_fd(&listener));
+                let pid_file = husk.dir.path().join("console.pid");
+                let mut child = husk
+                    .command()
+                    .args(["--isolation", "vm", "create", "--bundle"])
+                    .arg(bundle.path())
+                    .arg("--console-socket")
+                    .arg(&socket)
+                    .arg("--pid-file")
+                    .arg(&pid_file)
+                    .arg(&id)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdout = child.stdout.take().unwrap();
+                let mut stderr = child.stderr.take().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let (mut out, mut err) = (String::new(), String::new());
+                    let _ = stdout.read_to_string(&mut out);
+                    let _ = stderr.read_to_string(&mut err);
+                    let _ = tx.send((out, err));
+                });
+                let eof = rx.recv_timeout(TIMEOUT);
+                let status = child.wait().unwrap();
+                let master = receiver.join().unwrap();
+                let pid: i32 = std::fs::read_to_string(&pid_file)
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(0);
+                let result = husk
+                    .expect(status.success() && eof.is_ok(), || {
+                        format!("create exited {status:?}; its stdout/stderr reached EOF: {eof:?}")
+                    })
+                    .and_then(|()| husk.expect(master.is_some(), || "no pty master".into()))
+                    .and_then(|()| {
+                        husk.husk(&["start", &id]).ok();
+                        let master = master.unwrap();
+                        // Polled, never blocking: a silent container fails, not hangs.
+                        nix::fcntl::fcntl(
+                            std::os::fd::AsRawFd::as_raw_fd(&master),
+                            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                        )
+                        .unwrap();
+                        let mut tty = std::fs::File::from(master);
+                        let mut seen = Vec::new();
+                        let read = cmd::wait_until(TIMEOUT, || {
+                            use std::io::Read;
+                            let mut buf = [0u8; 256];
+                            if let Ok(n) = tty.read(&mut buf) {
+                                seen.extend_from_slice(&buf[..n]);
+                            }
+                            String::from_utf8_lossy(&seen).contains("on-the-tty")
+                        });
+                        husk.expect(read, || {
+                            format!("the tty showed {:?}", String::from_utf8_lossy(&seen))
+                        })
+                    });
+                husk.husk(&["delete", "--force", &id]).ok();
+                if pid > 0 {
+                    reap(pid);
+                }
+                result.and(husk.assert_clean(&id))
+            },
+        ),
         ("run_detached_and_exec_detached", |env| {
             let husk = Husk::new(env);
             let id = unique("vm-detach");

@@ -1,4 +1,6 @@
 //! `husk ps`: the processes of a container (`docker top` calls this with --format json).
+//! In vm isolation the json form lists the host processes standing for the container
+//! (supervisor, VMM, helpers) and the table the guest's processes (docs/runtime.md).
 
 use std::process::Command;
 
@@ -23,16 +25,18 @@ pub struct PsArgs {
 pub fn run(args: PsArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
     if let Some((dir, st)) = super::vm::lookup(global, id)? {
-        // Guest pids: the container's processes live in the VM's pid space.
-        let processes = super::vm::processes(&dir, &st)?;
         if args.format == "json" {
-            let pids: Vec<i32> = processes.iter().map(|(pid, _)| *pid).collect();
+            // Consumers read these as host pids (docker top looks them up in the
+            // host's ps): the host processes that stand for the container.
+            let pids = super::vm::host_processes(&dir, &st);
             println!("{}", serde_json::to_string(&pids)?);
-        } else {
-            println!("{:>7} CMD", "PID");
-            for (pid, command) in processes {
-                println!("{pid:>7} {command}");
-            }
+            return Ok(());
+        }
+        // The table shows the container's processes in the VM's pid space.
+        let processes = super::vm::processes(&dir, &st)?;
+        println!("{:>7} CMD (guest pids)", "PID");
+        for (pid, command) in processes {
+            println!("{pid:>7} {command}");
         }
         return Ok(());
     }

@@ -160,7 +160,9 @@ pub fn create(
         args.push(absolute(socket)?.display().to_string());
     }
     args.push(id.to_string());
-    let child = spawn_with_ready_pipe(&args);
+    // With a terminal, the container's stdio is the console: the supervisor gets
+    // /dev/null, not ours (see spawn_with_ready_pipe).
+    let child = spawn_with_ready_pipe(&args, opts.console_socket.is_some());
     let (mut child, ready) = match child {
         Ok(parts) => parts,
         Err(e) => {
@@ -225,19 +227,38 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Spawns `husk <args>` as a new session with our stdio and a pipe on fd 3 for its
-/// readiness report.
-fn spawn_with_ready_pipe(args: &[String]) -> Result<(std::process::Child, std::fs::File)> {
+/// Spawns `husk <args>` as a new session with a pipe on fd 3 for its readiness
+/// report, and our stdio — or /dev/null when `null_stdio` (the process has a
+/// terminal, which goes to the console socket). The supervisor outlives us, and an
+/// engine may read our stdout and stderr until end of file (containerd's runc shim
+/// does for a `create` with a console socket): a supervisor holding them would make
+/// it wait for the container's exit.
+fn spawn_with_ready_pipe(
+    args: &[String],
+    null_stdio: bool,
+) -> Result<(std::process::Child, std::fs::File)> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .context("cannot make the supervisor's report pipe")?;
     let write_fd = write.as_raw_fd();
     let mut command = Command::new("/proc/self/exe");
     command.arg0("husk").args(args);
-    // SAFETY: runs in the forked child before exec; dup2 and setsid are
+    if null_stdio {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    }
+    // SAFETY: runs in the forked child before exec; dup2, fcntl and setsid are
     // async-signal-safe and touch no memory of the parent.
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(write_fd, READY_FD) < 0 || libc::setsid() < 0 {
+            // dup2 onto itself keeps O_CLOEXEC: clear it then, or exec closes fd 3.
+            let placed = if write_fd == READY_FD {
+                libc::fcntl(READY_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(write_fd, READY_FD)
+            };
+            if placed < 0 || libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -363,6 +384,25 @@ pub fn pause(dir: &Path, st: &VmContainerState, pause: bool) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The host processes that stand for a vm container: its supervisor and the VM's
+/// processes (VMM, helpers). What `ps --format json` returns: its consumers (`docker
+/// top`) look the pids up among host processes and may signal them, so guest pids,
+/// which name unrelated host processes there, must never be returned.
+pub fn host_processes(dir: &Path, st: &VmContainerState) -> Vec<i32> {
+    if st.effective_status() == VmStatus::Stopped {
+        return Vec::new();
+    }
+    let mut pids = vec![st.supervisor_pid];
+    pids.extend(
+        sandbox::vm_host_pids(dir)
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok()),
+    );
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// The container's processes as the guest sees them (guest pids).
@@ -494,7 +534,7 @@ pub fn exec(e: VmExec<'_>) -> Result<i32> {
         args.push(socket.display().to_string());
     }
     args.push(id.clone());
-    let spawned = spawn_with_ready_pipe(&args);
+    let spawned = spawn_with_ready_pipe(&args, matches!(stdio, SupervisorStdio::ConsoleSocket(_)));
     let (mut child, ready) = match spawned {
         Ok(parts) => parts,
         Err(err) => {

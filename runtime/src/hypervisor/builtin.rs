@@ -75,7 +75,8 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
         "--vcpus".into(),
         spec.vcpus.to_string(),
         "--vsock".into(),
-        spec.vsock_socket.display().to_string(),
+        // Relative: husk-vmm runs in the state dir (see VSOCK_SOCKET).
+        super::VSOCK_SOCKET.into(),
         "--console".into(),
         spec.console_log().display().to_string(),
         "--fs".into(),
@@ -107,7 +108,12 @@ impl Hypervisor for Builtin {
         }
         let args = vmm_args(spec);
         tracing::debug!(?args, "starting husk-vmm");
-        let vmm = super::qemu::spawn(&self.vmm, &args, &spec.state_dir.join("husk-vmm.log"))?;
+        let vmm = super::qemu::spawn(
+            &self.vmm,
+            &args,
+            &spec.state_dir,
+            &spec.state_dir.join("husk-vmm.log"),
+        )?;
         Ok(RunningVm {
             vmm,
             vmm_name: HUSK_VMM,
@@ -131,7 +137,6 @@ mod tests {
             },
             shared_dir: "/state/a,b/shared".into(),
             state_dir: "/state/a,b".into(),
-            vsock_socket: "/state/a,b/vsock.sock".into(),
             memory_mib: 512,
             vcpus: 2,
             net: Vec::new(),
@@ -145,7 +150,7 @@ mod tests {
         assert_eq!(value("--initramfs"), "/i/initramfs.cpio");
         assert_eq!(value("--memory-mib"), "512");
         assert_eq!(value("--vcpus"), "2");
-        assert_eq!(value("--vsock"), "/state/a,b/vsock.sock");
+        assert_eq!(value("--vsock"), "vsock.sock");
         assert_eq!(value("--console"), "/state/a,b/console.log");
         assert_eq!(value("--fs"), "tag=husk-shared,path=/state/a,b/shared");
     }

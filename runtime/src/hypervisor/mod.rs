@@ -290,10 +290,9 @@ pub struct VmSpec {
     pub artifacts: GuestArtifacts,
     /// Host directory shared with the guest over virtio-fs (tag [`SHARED_FS_TAG`]).
     pub shared_dir: PathBuf,
-    /// Where the VM's sockets, console log and helper logs live.
+    /// Where the VM's sockets, console log and helper logs live; every VM process
+    /// runs with it as its working directory (see [`VSOCK_SOCKET`]).
     pub state_dir: PathBuf,
-    /// The hybrid vsock Unix socket to create (`CONNECT <port>\n`).
-    pub vsock_socket: PathBuf,
     pub memory_mib: u32,
     pub vcpus: u32,
     /// virtio-net devices on taps the caller opened (see `vm::network`); the
@@ -307,6 +306,15 @@ pub struct NetDevice {
     pub tap_fd: std::os::fd::RawFd,
     pub mac: [u8; 6],
 }
+
+/// The hybrid vsock Unix socket (`CONNECT <port>\n`), relative to the state dir.
+///
+/// Every socket of a sandbox is named relative to its state dir, and the VM processes
+/// run there: a Unix socket path is limited to 107 bytes (`sun_path`), and the state
+/// dirs engines choose leave no room for an absolute one (Docker's is
+/// `<exec-root>/runtime-runc/moby/<64 hex digits>`). husk reaches them through a
+/// descriptor of the directory (`vm::sandbox::SocketDir`).
+pub const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// The virtio-fs tag of the shared directory.
 pub const SHARED_FS_TAG: &str = "husk-shared";

@@ -15,6 +15,10 @@ const VIRTIOFSD: &str = "virtiofsd";
 const VHOST_VSOCK: &str = "vhost-device-vsock";
 /// The guest's vsock CID (one VM per vhost-device-vsock, so it never clashes).
 const GUEST_CID: u32 = 3;
+/// vhost-device-vsock's vhost-user socket (QEMU connects), relative to the state dir.
+const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+/// virtiofsd's vhost-user socket, relative to the state dir.
+const VIRTIOFS_SOCKET: &str = "virtiofs.sock";
 /// How long a helper gets to create its vhost-user socket.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -119,9 +123,17 @@ impl Qemu {
 }
 
 /// Spawns a VM process: own process group (a terminal's Ctrl-C reaches husk, which
-/// forwards it to the container, not the VMM), output to `log`, and killed if husk dies.
-pub(super) fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, HypervisorError> {
-    spawn_inheriting(program, args, log, &[])
+/// forwards it to the container, not the VMM), output to `log`, killed if husk dies,
+/// and working in `dir`, the sandbox's state dir, where its sockets are named
+/// relatively (see [`super::VSOCK_SOCKET`]). `husk delete` recognises the VM processes
+/// of a sandbox by that working directory.
+pub(super) fn spawn(
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    log: &Path,
+) -> Result<Child, HypervisorError> {
+    spawn_inheriting(program, args, dir, log, &[])
 }
 
 /// [`spawn`], and the child keeps the descriptors in `inherit` (same numbers; they
@@ -129,6 +141,7 @@ pub(super) fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child
 pub(super) fn spawn_inheriting(
     program: &Path,
     args: &[String],
+    dir: &Path,
     log: &Path,
     inherit: &[std::os::fd::RawFd],
 ) -> Result<Child, HypervisorError> {
@@ -148,6 +161,7 @@ pub(super) fn spawn_inheriting(
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
+        .current_dir(dir)
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls
     // prctl(2) and fcntl(2), which are async-signal-safe; it reads `inherit`, which
@@ -227,8 +241,9 @@ impl Hypervisor for Qemu {
 
     fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
         let dir = &spec.state_dir;
-        let vsock_vhost = dir.join("vhost-vsock.sock");
-        let fs_vhost = dir.join("virtiofs.sock");
+        // Relative to `dir`, the helpers' and QEMU's working directory.
+        let vsock_vhost = Path::new(VHOST_VSOCK_SOCKET);
+        let fs_vhost = Path::new(VIRTIOFS_SOCKET);
         let mut helpers: Vec<Helper> = Vec::new();
 
         let vsock_log = dir.join("vhost-device-vsock.log");
@@ -238,13 +253,19 @@ impl Hypervisor for Qemu {
                 "--guest-cid".into(),
                 GUEST_CID.to_string(),
                 "--socket".into(),
-                vsock_vhost.display().to_string(),
+                VHOST_VSOCK_SOCKET.into(),
                 "--uds-path".into(),
-                spec.vsock_socket.display().to_string(),
+                super::VSOCK_SOCKET.into(),
             ],
+            dir,
             &vsock_log,
         )?;
-        let waited = wait_for_socket(VHOST_VSOCK, &mut vsock, &vsock_vhost, &vsock_log);
+        let waited = wait_for_socket(
+            VHOST_VSOCK,
+            &mut vsock,
+            &dir.join(VHOST_VSOCK_SOCKET),
+            &vsock_log,
+        );
         helpers.push(Helper {
             name: VHOST_VSOCK,
             child: vsock,
@@ -260,7 +281,7 @@ impl Hypervisor for Qemu {
             &self.virtiofsd,
             &[
                 "--socket-path".into(),
-                fs_vhost.display().to_string(),
+                VIRTIOFS_SOCKET.into(),
                 "--shared-dir".into(),
                 spec.shared_dir.display().to_string(),
                 "--sandbox".into(),
@@ -268,6 +289,7 @@ impl Hypervisor for Qemu {
                 "--cache".into(),
                 "never".into(),
             ],
+            dir,
             &fs_log,
         ) {
             Ok(child) => child,
@@ -276,7 +298,7 @@ impl Hypervisor for Qemu {
                 return Err(e);
             }
         };
-        let waited = wait_for_socket(VIRTIOFSD, &mut fs, &fs_vhost, &fs_log);
+        let waited = wait_for_socket(VIRTIOFSD, &mut fs, &dir.join(VIRTIOFS_SOCKET), &fs_log);
         helpers.push(Helper {
             name: VIRTIOFSD,
             child: fs,
@@ -287,10 +309,10 @@ impl Hypervisor for Qemu {
             return Err(e);
         }
 
-        let args = self.qemu_args(spec, &vsock_vhost, &fs_vhost);
+        let args = self.qemu_args(spec, vsock_vhost, fs_vhost);
         tracing::debug!(?args, "starting qemu");
         let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
-        let vmm = match spawn_inheriting(&self.qemu, &args, &dir.join("qemu.log"), &taps) {
+        let vmm = match spawn_inheriting(&self.qemu, &args, dir, &dir.join("qemu.log"), &taps) {
             Ok(child) => child,
             Err(e) => {
                 abandon(helpers);

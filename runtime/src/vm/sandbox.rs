@@ -8,8 +8,8 @@
 //! leave the container's state for `husk state`/`husk delete` tears the VM down with
 //! [`VmSandbox::shutdown`] and keeps the state files.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use super::guest_spec::{SharedMount, MOUNTS_DIR};
 use super::network::{self, NetworkPlan};
 use super::relay::{self, HostStdio, ProcessRef, RelayError};
 use crate::hypervisor::{
-    Accel, GuestArtifacts, Hypervisor, NetDevice, RunningVm, VmSpec, SHARED_FS_TAG,
+    Accel, GuestArtifacts, Hypervisor, NetDevice, RunningVm, VmSpec, SHARED_FS_TAG, VSOCK_SOCKET,
 };
 
 /// How long the agent gets to answer after the VMM starts (TCG boots in ~1.5 s here;
@@ -147,6 +147,30 @@ impl Drop for ForwardedSignals {
     }
 }
 
+/// A sandbox state dir held open (`O_PATH`) so that its sockets are reached by a
+/// short path, `/proc/self/fd/<fd>/<name>`, however long the directory's own path
+/// is: a Unix socket path must fit in 107 bytes, and Docker's state dirs alone take
+/// more than 100 (see [`crate::hypervisor::VSOCK_SOCKET`]).
+pub struct SocketDir {
+    fd: OwnedFd,
+}
+
+impl SocketDir {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        // std adds O_CLOEXEC; O_PATH ignores the access mode.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?;
+        Ok(Self { fd: file.into() })
+    }
+
+    /// The short path of `name` in the directory, valid while `self` lives.
+    pub fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
+}
+
 /// One booted sandbox VM with its agent connection.
 pub struct VmSandbox {
     dir: PathBuf,
@@ -243,12 +267,13 @@ impl VmSandbox {
                     .collect()
             })
             .unwrap_or_default();
-        let vsock = sandbox.dir.join("vsock.sock");
+        let sockets =
+            SocketDir::open(&sandbox.dir).map_err(io(format!("open {}", sandbox.dir.display())))?;
+        let vsock = sockets.path(VSOCK_SOCKET);
         let spec = VmSpec {
             artifacts: p.artifacts,
             shared_dir: shared,
             state_dir: sandbox.dir.clone(),
-            vsock_socket: vsock.clone(),
             memory_mib: p.memory_mib,
             vcpus: p.vcpus,
             net,
@@ -262,6 +287,7 @@ impl VmSandbox {
             source,
         })?;
         let client = sandbox.connect(&vsock, started, p.signals)?;
+        drop(sockets);
         sandbox.boot_time = started.elapsed();
         sandbox.client = Some(client);
         if let Some(network) = &sandbox.network {
@@ -616,6 +642,22 @@ fn alive_mentioning(pid: u32, needle: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The identity (device, inode) of a directory, to recognise processes working in it.
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `pid` is a live VM process of the sandbox in `dir`: VM processes run with
+/// the state dir as working directory (their socket names are relative to it), so
+/// neither a reused pid nor a process of another sandbox matches. A command line
+/// naming the dir also counts (a sandbox booted by an older husk).
+fn is_vm_process_of(pid: u32, dir: Option<(u64, u64)>, needle: &str) -> bool {
+    let cwd = std::fs::metadata(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    (cwd.is_some() && cwd == dir) || alive_mentioning(pid, needle)
+}
+
 /// Removes a sandbox state directory without ever recursing into the rootfs bind
 /// mount or a shared volume: those are removed with `remove_dir`/`remove_file`, which
 /// fail on a still-mounted (non-empty or busy) target. Files named in `keep` stay,
@@ -706,13 +748,39 @@ pub fn start_container(agent: &AgentClient, container_id: &str) -> Result<(), Vm
 /// Connects to the agent of a running sandbox (from any husk process) through its
 /// hybrid vsock socket.
 pub fn connect_agent(dir: &Path) -> Result<AgentClient, VmSandboxError> {
-    let vsock = dir.join("vsock.sock");
-    let client = hybrid_vsock::connect_ttrpc(&vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
-        .map_err(|e| VmSandboxError::Agent {
-            call: "connect",
-            message: format!("{}: {e}", vsock.display()),
-        })?;
+    let vsock = dir.join(VSOCK_SOCKET);
+    let failed = |e: &dyn std::fmt::Display| VmSandboxError::Agent {
+        call: "connect",
+        message: format!("{}: {e}", vsock.display()),
+    };
+    let sockets = SocketDir::open(dir).map_err(|e| failed(&e))?;
+    let client = hybrid_vsock::connect_ttrpc(
+        &sockets.path(VSOCK_SOCKET),
+        AGENT_VSOCK_PORT,
+        Duration::from_secs(10),
+    )
+    .map_err(|e| failed(&e))?;
     Ok(AgentClient::new(client))
+}
+
+/// The live host processes of the sandbox in `dir` that run its VM (the VMM and its
+/// helpers), as recorded in its marker and still working in `dir`.
+pub fn vm_host_pids(dir: &Path) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(dir.join(MARKER)) else {
+        return Vec::new();
+    };
+    let marker: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let identity = dir_identity(dir);
+    let needle = dir.to_string_lossy().into_owned();
+    marker["pids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| u32::try_from(p.as_u64()?).ok())
+                .filter(|&p| is_vm_process_of(p, identity, &needle))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Cleans up what a sandbox whose husk died (e.g. SIGKILL) left in `dir`: its VM
@@ -739,6 +807,7 @@ pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxEr
         }
     }
     let needle = dir.to_string_lossy().into_owned();
+    let identity = dir_identity(dir);
     let pids: Vec<u32> = marker["pids"]
         .as_array()
         .map(|a| {
@@ -749,12 +818,13 @@ pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxEr
         })
         .unwrap_or_default();
     for &pid in &pids {
-        if alive_mentioning(pid, &needle) {
+        if is_vm_process_of(pid, identity, &needle) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| alive_mentioning(p, &needle)) && Instant::now() < deadline {
+    while pids.iter().any(|&p| is_vm_process_of(p, identity, &needle)) && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
     if let Ok(entries) = std::fs::read_dir(dir.join("shared").join(MOUNTS_DIR)) {
@@ -810,5 +880,58 @@ impl VmSandboxError {
                 | VmSandboxError::VmExited { .. }
                 | VmSandboxError::Relay(RelayError::VmGone(_))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory whose own path leaves no room in `sun_path` for a socket in it.
+    fn long_dir() -> (tempfile::TempDir, PathBuf) {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("d".repeat(64)).join("e".repeat(64));
+        std::fs::create_dir_all(&dir).unwrap();
+        (base, dir)
+    }
+
+    #[test]
+    fn sockets_beyond_sun_path_are_reached_through_the_dir() {
+        let (_base, dir) = long_dir();
+        assert!(std::os::unix::net::UnixListener::bind(dir.join(VSOCK_SOCKET)).is_err());
+        let sockets = SocketDir::open(&dir).unwrap();
+        let short = sockets.path(VSOCK_SOCKET);
+        assert!(short.as_os_str().len() < 40, "{}", short.display());
+        let listener = std::os::unix::net::UnixListener::bind(&short).unwrap();
+        assert!(dir.join(VSOCK_SOCKET).exists());
+        std::os::unix::net::UnixStream::connect(sockets.path(VSOCK_SOCKET)).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
+    fn vm_processes_are_recognised_by_their_working_dir() {
+        let (_base, dir) = long_dir();
+        let other = tempfile::tempdir().unwrap();
+        let mut inside = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&dir)
+            .spawn()
+            .unwrap();
+        let mut outside = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(other.path())
+            .spawn()
+            .unwrap();
+        write_marker(&dir, &[inside.id(), outside.id()]).unwrap();
+        let found = vm_host_pids(&dir);
+        for child in [&mut inside, &mut outside] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(found, vec![inside.id()]);
+        assert!(
+            vm_host_pids(&dir).is_empty(),
+            "dead processes are not listed"
+        );
     }
 }
