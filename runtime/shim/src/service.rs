@@ -512,7 +512,7 @@ fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> ttrpc::Result<bool> {
     for m in &req.rootfs {
         let fs_type = (!m.type_.is_empty()).then_some(m.type_.as_str());
         let source = (!m.source.is_empty()).then_some(m.source.as_str());
-        if let Err(e) = containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, &target) {
+        if let Err(e) = mount_one(fs_type, source, &m.options, &target) {
             unmount_rootfs(bundle);
             return Err(status(
                 Code::INTERNAL,
@@ -521,6 +521,52 @@ fn mount_rootfs(req: &CreateTaskRequest, bundle: &Path) -> ttrpc::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// One of containerd's mounts, in this process. (The `containerd-shim` crate's
+/// `mount_rootfs` forks and waits for the child through the crate's own reaper, which
+/// this shim does not run: it would wait forever.)
+fn mount_one(
+    fs_type: Option<&str>,
+    source: Option<&str>,
+    options: &[String],
+    target: &Path,
+) -> nix::Result<()> {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        let (set, clear) = match option.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "suid" | "dev" | "exec" | "atime" | "defaults" => continue,
+            other => {
+                data.push(other);
+                continue;
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    let data = (!data.is_empty()).then(|| data.join(","));
+    nix::mount::mount(source, target, fs_type, flags, data.as_deref())?;
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        // A bind mount ignores MS_RDONLY until remounted.
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
 }
 
 fn unmount_rootfs(bundle: &Path) {
