@@ -30,6 +30,8 @@ pub const RUNTIME_NAME: &str = "io.containerd.husk.v2";
 /// the messages are the same, so the one service is registered under both names.
 const TASK_V3: &str = "containerd.task.v3.";
 const TASK_V2: &str = "containerd.task.v2.";
+/// How long calls still in flight get once the shim shuts down.
+const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
@@ -118,9 +120,16 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     server.start().context("start the ttrpc server")?;
     exit.wait();
     tracing::info!("shutting down");
-    server.shutdown();
     pod.shutdown();
     let socket = flags.socket.trim_start_matches("unix://");
     let _ = std::fs::remove_file(socket);
+    // The server waits for calls in flight; a Wait that can never end must not keep
+    // the shim alive after containerd asked it to go.
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done.send(());
+    });
+    let _ = stopped.recv_timeout(SERVER_STOP_GRACE);
     Ok(())
 }
