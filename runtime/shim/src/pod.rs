@@ -312,6 +312,11 @@ impl Keeper {
         if clean {
             // Only now: never recurse into a rootfs that is still mounted.
             let _ = std::fs::remove_dir_all(&base);
+            // `shared/c` too once empty: the sandbox's teardown expects only its own
+            // entries in the shared directory.
+            if let Some(joined) = base.parent() {
+                let _ = std::fs::remove_dir(joined);
+            }
         } else {
             tracing::error!(dir = %base.display(), "leaving a joined container's dir: still mounted");
         }
