@@ -40,7 +40,7 @@ pub enum PodError {
     #[error("{0}")]
     Config(#[from] husk_runtime::config::ConfigError),
     /// An agent call failed.
-    #[error("agent {call} failed: {source}")]
+    #[error("agent {call} failed: {}", describe(source))]
     Agent {
         call: &'static str,
         source: ttrpc::Error,
@@ -62,6 +62,14 @@ pub enum PodError {
     /// The keeper thread is gone (the shim is shutting down).
     #[error("the pod VM is shut down")]
     Gone,
+}
+
+/// A ttrpc error as a sentence (the status's message, not its Debug form).
+fn describe(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message),
+        other => other.to_string(),
+    }
 }
 
 /// A container created in the pod's VM (its init process waits for StartContainer).
