@@ -181,6 +181,26 @@ fn cases() -> Vec<Case> {
             env.remove(id);
             result
         }),
+        ("stdin_reaches_the_container", |env| {
+            let out = env.containerd.ctr_with_stdin(
+                &[
+                    "run",
+                    "--runtime",
+                    RUNTIME,
+                    "--rm",
+                    IMAGE,
+                    "shim-run-6",
+                    "sh",
+                    "-c",
+                    "read line; echo got:$line",
+                ],
+                Some(b"from-stdin\n"),
+            );
+            check(
+                out.code == 0 && out.stdout.contains("got:from-stdin"),
+                || env.fail(format!("{out:?}")),
+            )
+        }),
         ("run_with_a_terminal", |env| {
             let line = format!(
                 "ctr --address {} --namespace husk-test run -t --rm --runtime {RUNTIME} {IMAGE} \
@@ -274,10 +294,7 @@ fn cases() -> Vec<Case> {
                     env.fail("task not STOPPED after its VMM was killed")
                 })?;
                 let deleted = env.ctr(&["task", "delete", id]);
-                check(deleted.code == 0, || env.fail(format!("{deleted:?}")))?;
-                check(deleted.stdout.contains("137") || deleted.code == 0, || {
-                    env.fail(format!("{deleted:?}"))
-                })
+                check(deleted.code == 0, || env.fail(format!("{deleted:?}")))
             })();
             env.remove(id);
             result

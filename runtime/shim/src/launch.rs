@@ -59,12 +59,13 @@ pub fn pod_id(spec: &Value, id: &str) -> String {
     }
 }
 
-/// The pod VM's state directory: short, whatever the ids (unix socket paths inside
-/// it must stay under 108 bytes).
-pub fn state_dir(namespace: &str, pod: &str) -> PathBuf {
+/// The pod VM's state directory, distinct per containerd, namespace and pod, and
+/// short whatever the ids (unix socket paths inside it must stay under 108 bytes).
+pub fn state_dir(containerd: &str, namespace: &str, pod: &str) -> PathBuf {
     // FNV-1a: stable across builds, no dependency.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in namespace.bytes().chain([b'/']).chain(pod.bytes()) {
+    let key = [containerd, namespace, pod].join("\n");
+    for byte in key.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -149,7 +150,7 @@ pub fn delete(flags: &Flags) -> anyhow::Result<()> {
         let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &pod);
         let path = socket_path(&address);
         if UnixStream::connect(path).is_err() {
-            remove_state(&state_dir(&flags.namespace, &pod));
+            remove_state(&state_dir(&flags.address, &flags.namespace, &pod));
             let _ = std::fs::remove_file(path);
         }
     }
@@ -230,10 +231,14 @@ mod tests {
 
     #[test]
     fn state_dirs_are_short_and_distinct() {
-        let a = state_dir("k8s.io", &"a".repeat(64));
-        let b = state_dir("k8s.io", &"b".repeat(64));
+        let a = state_dir("/run/containerd/containerd.sock", "k8s.io", &"a".repeat(64));
+        let b = state_dir("/run/containerd/containerd.sock", "k8s.io", &"b".repeat(64));
         assert_ne!(a, b);
-        assert_eq!(a, state_dir("k8s.io", &"a".repeat(64)));
+        assert_eq!(
+            a,
+            state_dir("/run/containerd/containerd.sock", "k8s.io", &"a".repeat(64))
+        );
+        assert_ne!(a, state_dir("/tmp/other.sock", "k8s.io", &"a".repeat(64)));
         // Leaves room for "/vhost-vsock.sock" within a unix socket path.
         assert!(a.as_os_str().len() < 40, "{}", a.display());
     }

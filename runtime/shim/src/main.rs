@@ -93,7 +93,7 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     let bundle = launch::bundle_dir(flags)?;
     let spec = launch::read_spec(&bundle)?;
     let pod_id = launch::pod_id(&spec, &flags.id);
-    let state_dir = launch::state_dir(&flags.namespace, &pod_id);
+    let state_dir = launch::state_dir(&flags.address, &flags.namespace, &pod_id);
     tracing::info!(pod = %pod_id, state = %state_dir.display(), pid = std::process::id(), "shim serving");
     let ttrpc_address =
         std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS (containerd's event address)")?;
