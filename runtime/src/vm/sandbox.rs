@@ -428,6 +428,12 @@ impl VmSandbox {
         })
     }
 
+    /// Whether the VMM has exited: then why, with the end of the guest console (for
+    /// a long-lived owner such as the containerd shim, which polls its pod's VM).
+    pub fn vmm_exited(&mut self) -> Option<String> {
+        self.vm_gone("under its containers").map(|e| e.to_string())
+    }
+
     /// A client of the sandbox's agent.
     pub fn agent(&self) -> AgentClient {
         AgentClient::new(self.client.clone().expect("connected sandbox"))
