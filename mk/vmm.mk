@@ -13,7 +13,7 @@
 
 .PHONY: test-vmm test-vmm-nested
 test-vmm:
-	$(CARGO) test -p husk-vmm --release --lib --test kvm_guests --test vsock_guest --test cli
+	$(CARGO) test -p husk-vmm --release --lib --test kvm_guests --test vsock_guest --test cli --test tap
 
 test-vmm-nested:
 	bash vmm/tests/nested/run.sh
