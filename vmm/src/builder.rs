@@ -235,14 +235,13 @@ pub fn build_with(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let mut vcpus = Vec::with_capacity(spec.vcpus.into());
     for id in 0..spec.vcpus {
         let vcpu = vm
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let mut cpuid = supported.clone();
-        filter_cpuid(cpuid.as_mut_slice(), id, spec.vcpus, tsc_deadline);
+        filter_cpuid(cpuid.as_mut_slice(), id, spec.vcpus);
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         vcpus.push(vcpu);
     }

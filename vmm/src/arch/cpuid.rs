@@ -7,22 +7,11 @@ use kvm_bindings::kvm_cpuid_entry2;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX bit 28: HTT (logical processor count in EBX is valid).
 const EDX_HTT: u32 = 1 << 28;
-/// Leaf 1 ECX bit 24: the LAPIC timer has TSC-deadline mode.
-const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
 /// Adjusts `entries` (as returned by KVM_GET_SUPPORTED_CPUID) for vCPU `apic_id` of
 /// `vcpu_count`: initial APIC id and logical count in leaf 1, x2APIC id in leaves 0xb
-/// and 0x1f, the hypervisor bit set, and TSC-deadline mode when `tsc_deadline` (KVM
-/// emulates it and says so with KVM_CAP_TSC_DEADLINE_TIMER, not in the supported
-/// CPUID). Without it the guest calibrates the LAPIC timer against the PIT, which
-/// under nested virtualization fails ("APIC timer disabled due to verification
-/// failure") and leaves the PIT as the clock event device: slower boots.
-pub fn filter_cpuid(
-    entries: &mut [kvm_cpuid_entry2],
-    apic_id: u8,
-    vcpu_count: u8,
-    tsc_deadline: bool,
-) {
+/// and 0x1f, the hypervisor bit set.
+pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpu_count: u8) {
     for entry in entries.iter_mut() {
         match entry.function {
             1 => {
@@ -30,9 +19,6 @@ pub fn filter_cpuid(
                     | (u32::from(apic_id) << 24)
                     | (u32::from(vcpu_count) << 16);
                 entry.ecx |= ECX_HYPERVISOR;
-                if tsc_deadline {
-                    entry.ecx |= ECX_TSC_DEADLINE;
-                }
                 if vcpu_count > 1 {
                     entry.edx |= EDX_HTT;
                 } else {
@@ -62,12 +48,11 @@ mod tests {
     #[test]
     fn leaf1_gets_apic_id_count_and_hypervisor_bit() {
         let mut e = vec![leaf(0, 0), leaf(1, 0), leaf(0xb, 0), leaf(0xb, 1)];
-        filter_cpuid(&mut e, 3, 4, false);
+        filter_cpuid(&mut e, 3, 4);
         assert_eq!(e[1].ebx >> 24, 3);
         assert_eq!((e[1].ebx >> 16) & 0xff, 4);
         assert_eq!(e[1].ebx & 0xffff, 0xbeef);
         assert_ne!(e[1].ecx & ECX_HYPERVISOR, 0);
-        assert_eq!(e[1].ecx & ECX_TSC_DEADLINE, 0);
         assert_ne!(e[1].edx & EDX_HTT, 0);
         assert_eq!(e[2].edx, 3);
         assert_eq!(e[3].edx, 3);
@@ -78,12 +63,7 @@ mod tests {
     fn single_vcpu_clears_htt() {
         let mut e = vec![leaf(1, 0)];
         e[0].edx |= EDX_HTT;
-        filter_cpuid(&mut e, 0, 1, true);
+        filter_cpuid(&mut e, 0, 1);
         assert_eq!(e[0].edx & EDX_HTT, 0);
-        assert_ne!(
-            e[0].ecx & ECX_TSC_DEADLINE,
-            0,
-            "TSC deadline when KVM has it"
-        );
     }
 }
