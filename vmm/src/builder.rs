@@ -41,6 +41,7 @@ use crate::vcpu::{install_kick_handler, kick_signal, spawn_vcpu, VcpuError};
 use crate::virtio::block::BlockDevice;
 use crate::virtio::fs::FsDevice;
 use crate::virtio::mmio::{reg, MmioTransport};
+use crate::virtio::net::{parse_mac, random_mac, NetDevice, Tap};
 use crate::virtio::vsock::VsockDevice;
 use crate::virtio::VirtioDevice;
 
@@ -113,6 +114,9 @@ pub enum BuildError {
     /// A virtio-blk disk could not be set up.
     #[error(transparent)]
     Block(#[from] crate::virtio::block::BlockError),
+    /// A virtio-net device could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::virtio::net::NetError),
     /// A virtio-fs share could not be set up.
     #[error(transparent)]
     Fs(#[from] crate::virtio::fs::FsError),
@@ -302,6 +306,17 @@ pub fn build_with(
         let blk = BlockDevice::new(disk, spec.seccomp)?;
         let (base, irq) = machine.add_virtio_device(Box::new(blk))?;
         tracing::info!(base, irq, path = %disk.path.display(), read_only = disk.read_only, "virtio-blk");
+    }
+    for net in &spec.net {
+        let mac = match &net.mac {
+            Some(m) => parse_mac(m)?,
+            None => random_mac()?,
+        };
+        let tap = Tap::open(&net.tap)?;
+        let dev = NetDevice::new(tap, mac, spec.seccomp)?;
+        let (base, irq) = machine.add_virtio_device(Box::new(dev))?;
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        tracing::info!(base, irq, tap = %net.tap, %mac, "virtio-net");
     }
     add_devices(&mut machine)?;
 
@@ -500,6 +515,10 @@ fn spawn_console_input(
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            if let Err(e) = crate::caps::drop_for(ThreadRole::ConsoleInput) {
+                exit.request(ExitReason::Error(e.to_string()));
+                return;
+            }
             if let Err(e) = crate::seccomp::apply(ThreadRole::ConsoleInput, seccomp) {
                 exit.request(ExitReason::Error(e.to_string()));
                 return;

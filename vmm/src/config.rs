@@ -81,6 +81,23 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `--net` value did not parse.
+    #[error("--net {value:?}: {reason} (expected tap=<name>[,mac=xx:xx:xx:xx:xx:xx])")]
+    NetSyntax {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tap name is empty or longer than 15 bytes.
+    #[error("tap name {0:?} must be 1 to 15 bytes")]
+    NetTapName(String),
+    /// Two network devices use the same tap.
+    #[error("tap {0:?} is given twice")]
+    NetTapTwice(String),
+    /// A MAC address did not parse or is multicast.
+    #[error("MAC address {0:?}: expected six hex bytes separated by ':', unicast")]
+    NetMac(String),
     /// A disk image does not exist or is not a regular file.
     #[error("virtio-blk disk image missing (or not a regular file): {0}")]
     DiskMissing(PathBuf),
@@ -149,6 +166,47 @@ pub struct VmConfig {
     /// Disk images attached over virtio-blk.
     #[serde(default)]
     pub disks: Vec<BlockDisk>,
+    /// Network devices (virtio-net over host taps).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+}
+
+/// A virtio-net device over host tap `tap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap's name (attached to, or created when missing: needs CAP_NET_ADMIN
+    /// unless it is a persistent tap owned by the caller).
+    pub tap: String,
+    /// The guest's MAC (`xx:xx:xx:xx:xx:xx`); a random locally administered one when
+    /// absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = ConfigError;
+
+    /// Parses `tap=<name>[,mac=xx:xx:xx:xx:xx:xx]` (the `--net` flag).
+    fn from_str(value: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::NetSyntax {
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let (mut tap, mut mac) = (None, None);
+        for item in value.split(',') {
+            let (key, val) = item.split_once('=').ok_or_else(|| bad("missing '='"))?;
+            match key {
+                "tap" => tap = Some(val.to_string()),
+                "mac" => mac = Some(val.to_string()),
+                other => return Err(bad(&format!("unknown key {other:?}"))),
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or_else(|| bad("tap= is required"))?,
+            mac,
+        })
+    }
 }
 
 /// A host file attached as a virtio-blk disk (raw image; the guest sees its size
@@ -294,6 +352,7 @@ impl Default for VmConfig {
             seccomp: SeccompLevel::default(),
             fs: Vec::new(),
             disks: Vec::new(),
+            net: Vec::new(),
         }
     }
 }
@@ -337,6 +396,8 @@ pub struct VmSpec {
     pub fs: Vec<FsShare>,
     /// virtio-blk disks, one device each.
     pub disks: Vec<BlockDisk>,
+    /// virtio-net devices, one per tap.
+    pub net: Vec<NetConfig>,
 }
 
 fn parent_exists(p: &Path) -> bool {
@@ -411,6 +472,7 @@ impl VmConfig {
             seccomp: self.seccomp,
             fs: self.fs.clone(),
             disks: self.disks.clone(),
+            net: self.net.clone(),
         };
         spec.check()?;
         Ok(spec)
@@ -432,6 +494,7 @@ impl VmSpec {
             seccomp: SeccompLevel::default(),
             fs: Vec::new(),
             disks: Vec::new(),
+            net: Vec::new(),
         }
     }
 
@@ -480,6 +543,20 @@ impl VmSpec {
         for disk in &self.disks {
             if !disk.path.is_file() {
                 return Err(ConfigError::DiskMissing(disk.path.clone()));
+            }
+        }
+        for (i, net) in self.net.iter().enumerate() {
+            if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains(['\0', '/']) {
+                return Err(ConfigError::NetTapName(net.tap.clone()));
+            }
+            if self.net[..i].iter().any(|n| n.tap == net.tap) {
+                return Err(ConfigError::NetTapTwice(net.tap.clone()));
+            }
+            if let Some(mac) = &net.mac {
+                match crate::virtio::net::parse_mac(mac) {
+                    Ok(m) if m[0] & 1 == 0 => {}
+                    _ => return Err(ConfigError::NetMac(mac.clone())),
+                }
             }
         }
         Ok(())
@@ -655,6 +732,49 @@ mod tests {
         );
         let c = VmConfig::from_json(r#"{"disks": [{"path": "/x", "read_only": true}]}"#).unwrap();
         assert!(c.disks[0].read_only);
+    }
+
+    #[test]
+    fn net_flag_syntax_and_checks() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!((n.tap.as_str(), n.mac.as_deref()), ("tap0", None));
+        let n: NetConfig = "mac=02:00:00:00:00:01,tap=t1".parse().unwrap();
+        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
+        for bad in ["", "tap0", "mac=02:00:00:00:00:01", "tap=t,queues=2"] {
+            let e = bad.parse::<NetConfig>().unwrap_err();
+            assert!(matches!(e, ConfigError::NetSyntax { .. }), "{bad}: {e}");
+        }
+        let (_d, k) = kernel_file();
+        let with = |net: Vec<NetConfig>| VmConfig {
+            kernel: Some(k.clone()),
+            net,
+            ..Default::default()
+        };
+        let tap = |t: &str, mac: Option<&str>| NetConfig {
+            tap: t.into(),
+            mac: mac.map(String::from),
+        };
+        assert_eq!(
+            with(vec![tap("tap0", None)]).validate().unwrap().net.len(),
+            1
+        );
+        assert_eq!(
+            with(vec![tap("a-very-long-tap-name", None)]).validate(),
+            Err(ConfigError::NetTapName("a-very-long-tap-name".into()))
+        );
+        assert_eq!(
+            with(vec![tap("t", None), tap("t", None)]).validate(),
+            Err(ConfigError::NetTapTwice("t".into()))
+        );
+        for mac in ["02:00:00:00:00", "01:00:5e:00:00:01", "xx:00:00:00:00:01"] {
+            assert_eq!(
+                with(vec![tap("t", Some(mac))]).validate(),
+                Err(ConfigError::NetMac(mac.into()))
+            );
+        }
+        let c = VmConfig::from_json(r#"{"net": [{"tap": "tap0", "mac": "02:00:00:00:00:07"}]}"#)
+            .unwrap();
+        assert_eq!(c.net[0], tap("tap0", Some("02:00:00:00:00:07")));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod builder;
+pub mod caps;
 pub mod config;
 pub mod devices;
 pub mod landlock;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_vmm::config::{BlockDisk, FsShare};
+use husk_vmm::caps;
+use husk_vmm::config::{BlockDisk, FsShare, NetConfig};
 use husk_vmm::seccomp::{self, ThreadRole};
 use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 
@@ -19,23 +20,28 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 /// with --vsock, hybrid Unix-socket backend: host clients connect to <vsock> and send
 /// "CONNECT <port>\n", guest-initiated connections go to <vsock>_<port>;
 /// virtio-fs with --fs (next windows and IRQs), served in-process (guest:
-/// `mount -t virtiofs <tag> <dir>`); virtio-blk with --disk (after the shares).
+/// `mount -t virtiofs <tag> <dir>`); virtio-blk with --disk (after the shares);
+/// virtio-net with --net over a host tap (after the disks).
 /// SIGTERM or SIGINT stops the VM and exits 0.
 ///
 /// Hardening: every thread installs a seccomp allowlist for its role (--seccomp,
 /// default enforce): vCPU threads may only issue the KVM_RUN ioctl plus memory, futex,
 /// eventfd/console writes and eventfd duplication; the vsock thread epoll, Unix-socket
 /// calls and the FIONBIO ioctl; the virtio-fs thread file system calls relative
-/// to the fds it holds; the virtio-blk thread positioned reads and writes; the main
+/// to the fds it holds; the virtio-blk thread positioned reads and writes; the
+/// virtio-net thread epoll and reads/writes on its tap; the main
 /// thread, once the vCPUs run, poll, tgkill,
 /// sleep and teardown calls; the signal thread sigwait; the console input thread read. A forbidden syscall prints
-/// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159.
+/// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159. Every thread
+/// drops its capabilities as it starts (the main thread once the vCPUs run), except
+/// the virtio-fs thread, which keeps the file-ownership ones (CHOWN, DAC_OVERRIDE,
+/// FOWNER, FSETID, SETUID, SETGID, MKNOD) to act as the guest's caller.
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
     /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, fs = [{tag, path,
-    /// cache}], disks = [{path, read_only}]); flags override it.
+    /// cache}], disks = [{path, read_only}], net = [{tap, mac}]); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
@@ -73,6 +79,12 @@ struct Cli {
     /// Repeatable; replaces the JSON list.
     #[arg(long = "disk", value_name = "[readonly,]path=FILE")]
     disk: Vec<BlockDisk>,
+    /// Attach a virtio-net device to host tap NAME (attached to, or created when
+    /// missing; needs CAP_NET_ADMIN unless the tap is persistent and yours):
+    /// tap=NAME[,mac=xx:xx:xx:xx:xx:xx] (random local MAC when absent). Repeatable;
+    /// replaces the JSON list.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<NetConfig>,
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
     allow_pvm: bool,
@@ -116,6 +128,9 @@ impl Cli {
         if !self.disk.is_empty() {
             c.disks = self.disk;
         }
+        if !self.net.is_empty() {
+            c.net = self.net;
+        }
         Ok(c)
     }
 }
@@ -151,6 +166,10 @@ fn forward_stop_signals(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if let Err(e) = caps::drop_for(ThreadRole::Signals) {
+                exit.request(ExitReason::Error(e.to_string()));
+                return;
+            }
             if let Err(e) = seccomp::apply(ThreadRole::Signals, seccomp) {
                 exit.request(ExitReason::Error(e.to_string()));
                 return;
@@ -182,6 +201,7 @@ fn run() -> anyhow::Result<i32> {
     let running = vm.start().context("starting the vCPUs")?;
     // main() to the vCPU threads entering KVM_RUN: the VMM's share of boot time.
     tracing::info!(us = started.elapsed().as_micros() as u64, "vCPUs started");
+    caps::drop_for(ThreadRole::Main).context("dropping the main thread's capabilities")?;
     seccomp::apply(ThreadRole::Main, spec.seccomp).context("confining the main thread")?;
     let reason = running.wait();
     if let ExitReason::Error(msg) = &reason {

@@ -48,6 +48,8 @@ pub enum ThreadRole {
     FsWorker,
     /// The virtio-blk worker: positioned I/O on the image it holds.
     BlockWorker,
+    /// The virtio-net worker: reads and writes on the tap it holds.
+    NetWorker,
 }
 
 /// Errors from building or installing a filter.
@@ -193,6 +195,14 @@ fn role_syscalls(role: ThreadRole) -> &'static [i64] {
             libc::SYS_pwrite64,
             libc::SYS_fdatasync,
         ],
+        // Frames are read(2) from and write(2)n to the tap (write is common).
+        ThreadRole::NetWorker => &[
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_read,
+        ],
     }
 }
 
@@ -233,7 +243,8 @@ pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, S
         | ThreadRole::Signals
         | ThreadRole::ConsoleInput
         | ThreadRole::FsWorker
-        | ThreadRole::BlockWorker => {}
+        | ThreadRole::BlockWorker
+        | ThreadRole::NetWorker => {}
     }
     let mismatch = match level {
         SeccompLevel::Log => SeccompAction::Log,
@@ -301,6 +312,7 @@ mod tests {
             ThreadRole::ConsoleInput,
             ThreadRole::FsWorker,
             ThreadRole::BlockWorker,
+            ThreadRole::NetWorker,
         ] {
             for level in [SeccompLevel::Log, SeccompLevel::Enforce] {
                 let prog = filter_for(role, level).unwrap();

@@ -117,6 +117,10 @@ pub fn spawn_vcpu(
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            if let Err(e) = crate::caps::drop_for(ThreadRole::Vcpu) {
+                exit.request(ExitReason::Error(format!("vCPU {id}: {e}")));
+                return;
+            }
             if let Err(e) = seccomp::apply(ThreadRole::Vcpu, seccomp) {
                 exit.request(ExitReason::Error(format!("vCPU {id}: {e}")));
                 return;

@@ -1,6 +1,8 @@
 //! The `husk-vmm` binary end to end on KVM with raw test guests: exit status through
-//! the debug-exit port, SIGTERM ends it with status 0, errors name what failed.
-//! Needs: /dev/kvm (fails loudly without it).
+//! the debug-exit port, SIGTERM ends it with status 0, errors name what failed, every
+//! thread's capabilities are dropped once the VM runs.
+//! Needs: /dev/kvm (fails loudly without it); root and /dev/net/tun for the `--net`
+//! and capability tests.
 
 mod common;
 
@@ -157,18 +159,19 @@ fn console_input_reaches_the_guest_uart() {
     assert_eq!(out.status.code(), Some(i32::from(b'Z')));
 }
 
-/// `--vsock`, `--fs` and `--disk` get consecutive virtio-mmio slots (vsock, fs, blk):
-/// the guest reads each slot's DeviceID and exits with it. Seccomp is enforced, so the
-/// fs and blk threads install their filters and tear down confined.
+/// `--vsock`, `--fs`, `--disk` and `--net` get consecutive virtio-mmio slots (vsock,
+/// fs, blk, net): the guest reads each slot's DeviceID and exits with it. Seccomp is
+/// enforced, so the fs, blk and net threads install their filters and tear down
+/// confined. `--net` creates a tap: needs root.
 #[test]
-fn fs_and_disk_devices_take_the_next_virtio_slots() {
+fn fs_disk_and_net_devices_take_the_next_virtio_slots() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    for (slot, device_id) in [(0u64, 19), (1, 26), (2, 2)] {
+    for (slot, device_id) in [(0u64, 19), (1, 26), (2, 2), (3, 1)] {
         let code = dir.path().join(format!("guest{slot}.bin"));
         std::fs::write(
             &code,
@@ -187,6 +190,7 @@ fn fs_and_disk_devices_take_the_next_virtio_slots() {
             .arg(format!("tag=husk-shared,path={}", shared.display()))
             .arg("--disk")
             .arg(format!("readonly,path={}", disk.display()))
+            .args(["--net", "tap=husk-slot%d,mac=02:00:00:00:00:01"])
             .output()
             .unwrap();
         assert_eq!(
@@ -196,4 +200,93 @@ fn fs_and_disk_devices_take_the_next_virtio_slots() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Each thread's (name, CapEff) from /proc/<pid>/task/*.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+        if let Some(eff) = eff {
+            out.push((comm.trim().to_string(), eff));
+        }
+    }
+    out
+}
+
+/// Started as root with every device (vsock, fs, disk, a tap), 2 vCPUs: once the
+/// guest runs, every thread's CapEff is 0 but the virtio-fs thread's, which holds
+/// only the file-ownership capabilities it serves the guest with.
+#[test]
+fn capabilities_are_dropped_on_every_thread_once_the_vm_runs() {
+    require_kvm();
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("guest.bin");
+    let log = dir.path().join("console.log");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&code, Asm::default().serial("up\n").hlt().finish()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--raw64", code.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--vcpus", "2", "--console"])
+        .arg(&log)
+        .arg("--vsock")
+        .arg(dir.path().join("v.sock"))
+        .arg("--fs")
+        .arg(format!("tag=t,path={}", shared.display()))
+        .arg("--disk")
+        .arg(format!("path={}", disk.display()))
+        .args(["--net", "tap=husk-caps%d"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let fs_caps = husk_vmm::caps::FS_WORKER_CAPS;
+    let start = Instant::now();
+    let threads = loop {
+        let threads = thread_caps(pid);
+        let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+        let all_there = [
+            "vcpu0",
+            "vcpu1",
+            "vsock",
+            "virtio-fs",
+            "virtio-blk",
+            "virtio-net",
+            "signals",
+        ]
+        .iter()
+        .all(|n| names.contains(n));
+        let dropped = threads.iter().all(|(name, eff)| match name.as_str() {
+            "virtio-fs" => eff & !fs_caps == 0,
+            _ => *eff == 0,
+        });
+        if console_log(&log) == "up\n" && all_there && dropped {
+            break threads;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!(
+                "threads (name, CapEff) after 20 s: {threads:x?}; console: {}",
+                console_log(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let fs = threads.iter().find(|(n, _)| n == "virtio-fs").unwrap();
+    assert_ne!(fs.1, 0, "the fs thread keeps what it needs as root");
+    // SAFETY: plain kill(2) on the child's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

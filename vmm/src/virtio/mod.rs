@@ -1,9 +1,10 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x): the device trait, the
-//! interrupt line, the transport, and the devices (vsock, fs, block).
+//! interrupt line, the transport, and the devices (vsock, fs, block, net).
 
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod vsock;

@@ -1,9 +1,10 @@
 //! The thread behind a virtio device whose work is "handle the chains a queue notify
-//! announces" (virtio-fs, virtio-blk): started with the device (vCPU threads
-//! never spawn threads), confined by its seccomp role, and between DRIVER_OK and a
-//! reset running an epoll loop over the queue eventfds.
+//! announces" (virtio-fs, virtio-blk, virtio-net): started with the device (vCPU
+//! threads never spawn threads), confined by its seccomp role, and between DRIVER_OK
+//! and a reset running an epoll loop over the queue eventfds and any backend fds the
+//! device adds (the tap of virtio-net, edge-triggered).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::caps;
 use crate::seccomp::{self, SeccompLevel, ThreadRole};
 use crate::virtio::{ActivateContext, Interrupt, VirtioError};
 
@@ -42,6 +44,25 @@ impl QueueThread {
         role: ThreadRole,
         level: SeccompLevel,
         setup: S,
+        handle: H,
+    ) -> std::io::Result<Self>
+    where
+        S: FnOnce() + Send + 'static,
+        H: FnMut(&mut Activation, usize) + Send + 'static,
+    {
+        Self::spawn_with_fds(name, role, level, Vec::new(), setup, handle)
+    }
+
+    /// Like [`spawn`](Self::spawn), and also watches `fds` (edge-triggered, readable):
+    /// readiness of `fds[i]` calls `handle(activation, queue count + i)`, as does the
+    /// start of each activation. The caller keeps the fds open for the thread's life
+    /// and must drain an fd to EAGAIN (or remember that it did not) on each call.
+    pub fn spawn_with_fds<S, H>(
+        name: &str,
+        role: ThreadRole,
+        level: SeccompLevel,
+        fds: Vec<RawFd>,
+        setup: S,
         mut handle: H,
     ) -> std::io::Result<Self>
     where
@@ -56,13 +77,17 @@ impl QueueThread {
             .name(thread_name.clone())
             .spawn(move || {
                 setup();
+                if let Err(e) = caps::drop_for(role) {
+                    tracing::error!("{thread_name} thread: {e}");
+                    return;
+                }
                 if let Err(e) = seccomp::apply(role, level) {
                     tracing::error!("{thread_name} thread: {e}");
                     return;
                 }
                 while let Ok(Some(ctx)) = from_device.recv() {
                     let _ = worker_stop.read();
-                    if let Err(e) = serve(ctx, &worker_stop, &mut handle) {
+                    if let Err(e) = serve(ctx, &fds, &worker_stop, &mut handle) {
                         tracing::error!("{thread_name}: {e}");
                     }
                 }
@@ -97,17 +122,30 @@ impl Drop for QueueThread {
     }
 }
 
-fn serve<H>(ctx: ActivateContext, stop: &EventFd, handle: &mut H) -> std::io::Result<()>
+fn serve<H>(
+    ctx: ActivateContext,
+    fds: &[RawFd],
+    stop: &EventFd,
+    handle: &mut H,
+) -> std::io::Result<()>
 where
     H: FnMut(&mut Activation, usize),
 {
-    let stop_token = ctx.queue_evts.len() as u64;
+    let queues = ctx.queue_evts.len();
+    let stop_token = (queues + fds.len()) as u64;
     let epoll = Epoll::new()?;
     for (i, e) in ctx.queue_evts.iter().enumerate() {
         epoll.ctl(
             ControlOperation::Add,
             e.as_raw_fd(),
             EpollEvent::new(EventSet::IN, i as u64),
+        )?;
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        epoll.ctl(
+            ControlOperation::Add,
+            *fd,
+            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, (queues + i) as u64),
         )?;
     }
     epoll.ctl(
@@ -120,10 +158,10 @@ where
         queues: ctx.queues,
         interrupt: ctx.interrupt,
     };
-    for q in 0..act.queues.len() {
-        handle(&mut act, q);
+    for source in 0..queues + fds.len() {
+        handle(&mut act, source);
     }
-    let mut events = vec![EpollEvent::default(); ctx.queue_evts.len() + 1];
+    let mut events = vec![EpollEvent::default(); queues + fds.len() + 1];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -135,9 +173,11 @@ where
             if token == stop_token {
                 return Ok(());
             }
-            let q = token as usize;
-            let _ = ctx.queue_evts[q].read();
-            handle(&mut act, q);
+            let source = token as usize;
+            if let Some(evt) = ctx.queue_evts.get(source) {
+                let _ = evt.read();
+            }
+            handle(&mut act, source);
         }
     }
 }

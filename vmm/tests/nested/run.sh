@@ -9,8 +9,10 @@
 #    kernel in $HUSK_CACHE/kernel/*/vmlinux (ELF, PVH entry, virtio-mmio cmdline
 #    devices and vsock built in). Its busybox initramfs answers one vsock connection on
 #    port 1024 and reboots (i8042 reset); a client in the nested host speaks the hybrid
-#    vsock protocol (CONNECT/OK) to it. Passes when the guest booted, the vsock echo
-#    round trip worked and husk-vmm exited 0.
+#    vsock protocol (CONNECT/OK) to it. The VM also has a virtio-net device on tap0
+#    (--net): the nested host gives tap0 10.0.2.1/24, the guest's busybox gives eth0
+#    10.0.2.2/24 and pings the host. Passes when the guest booted, the ping was
+#    answered, the vsock echo round trip worked and husk-vmm exited 0.
 # 2. The same kernel with the REAL agent initramfs (newest
 #    $HUSK_CACHE/initramfs/*/initramfs.cpio, built from agent/ when there is none) and
 #    a virtio-fs share (--fs tag=husk-shared,path=/shared) holding a busybox rootfs.
@@ -107,7 +109,7 @@ cpio_of() { (cd "$1" && find . | cpio -o -H newc 2>/dev/null); }
 
 # The husk-vmm guest: stock kernel + busybox + virtio/vsock modules + probe.
 G="$WORK/guest"
-mkdir -p "$G"/{bin,proc,sys,dev,mod}
+mkdir -p "$G"/{bin,proc,sys,dev,mod,tmp}
 cp /bin/busybox "$G/bin/"
 cp "$WORK/vsock_probe" "$G/"
 for m in drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_mmio \
@@ -129,6 +131,16 @@ if grep -q husk.vsock=1 /proc/cmdline; then
         vmw_vsock_virtio_transport; do
         [ -f /proc/modules ] && [ -f /mod/$m.ko ] && insmod /mod/$m.ko
     done
+    # virtio-net over the nested host's tap0 (the host sets its end up once
+    # husk-vmm has created it; retry until then).
+    ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0
+    echo "HUSK-GUEST-NET $(cat /sys/class/net/eth0/address 2>&1)"
+    for i in $(seq 30); do
+        if ping -c 1 -W 2 10.0.2.1 >/tmp/ping.log 2>&1; then
+            echo "HUSK-GUEST-PING-OK attempt $i: $(grep -o 'time=.*' /tmp/ping.log)"
+            break
+        fi
+    done
     /vsock_probe guest 1024
 fi
 echo "HUSK-GUEST-DONE uptime $(cut -d' ' -f1 /proc/uptime)"
@@ -141,6 +153,8 @@ H="$WORK/host"
 mkdir -p "$H"/{bin,proc,sys,dev,tmp,mod,guest,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$H/bin/"
 cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm/kvm-amd.ko" "$H/mod/"
+# /dev/net/tun for --net (built in on some kernels).
+[ -f "$MODS/drivers/net/tun.ko" ] && cp "$MODS/drivers/net/tun.ko" "$H/mod/"
 cp "$VMM" "$PROBE" "$HUSK" "$WORK/vsock_probe" "$H/"
 # (ldd of several files prints "file:" headers: skip them.)
 for lib in $(ldd "$VMM" "$PROBE" "$HUSK" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
@@ -184,15 +198,34 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in irqbypass kvm kvm-amd; do insmod /mod/$m.ko; done
+[ -f /mod/tun.ko ] && insmod /mod/tun.ko
 [ -c /dev/kvm ] || { echo "NESTED-HOST: no /dev/kvm"; poweroff -f; }
 echo "NESTED-HOST-READY uptime $(cut -d' ' -f1 /proc/uptime)"
 VSOCK=@VSOCK@
 # The probe logs to a file: on the shared console its lines would interleave with
 # the guest's.
 if [ $VSOCK = 1 ]; then /vsock_probe host /tmp/v.sock 1024 >/tmp/probe.log 2>&1 & probe=$!; fi
+NET=
+[ $VSOCK = 1 ] && NET="--net tap=tap0,mac=02:48:55:53:4b:01"
 HUSK_VMM_LOG=info /husk-vmm --kernel /guest/vmlinuz --initramfs /guest/initrd \
-    --memory-mib 256 --vcpus 2 --vsock /tmp/v.sock \
-    --cmdline "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd husk.vsock=$VSOCK"
+    --memory-mib 256 --vcpus 2 --vsock /tmp/v.sock $NET \
+    --cmdline "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd husk.vsock=$VSOCK" &
+vmm=$!
+if [ $VSOCK = 1 ]; then
+    # husk-vmm creates tap0 (non-persistent) when it builds the VM: give it the host
+    # address, then read every thread's CapEff (all 0 once the vCPUs run).
+    for _ in $(seq 300); do [ -e /sys/class/net/tap0 ] && break; sleep 0.1; done
+    ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up && echo "NESTED-HOST-TAP-UP"
+    caps_zero() {
+        for t in /proc/$vmm/task/*; do
+            awk '/^CapEff/ {exit ($2 == "0000000000000000") ? 0 : 1}' $t/status || return 1
+        done
+    }
+    for _ in $(seq 150); do caps_zero && break; sleep 0.2; done
+    caps_zero && echo "VMM-CAPS-ALL-ZERO"
+    echo "VMM-THREAD-CAPS $(for t in /proc/$vmm/task/*; do echo -n "$(cat $t/comm)=$(awk '/^CapEff/ {print $2}' $t/status) "; done)"
+fi
+wait $vmm
 echo "HUSK-VMM-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
 if [ $VSOCK = 1 ]; then wait $probe; rc=$?; cat /tmp/probe.log; echo "VSOCK-PROBE-EXIT=$rc"; fi
 if [ $VSOCK = 1 ]; then
@@ -259,6 +292,8 @@ fail=0
 markers="NESTED-HOST-READY HUSK-GUEST-BOOTED HUSK-GUEST-DONE HUSK-VMM-EXIT=0"
 if [ $VSOCK = 1 ]; then
     markers="$markers VSOCK-LISTENING VSOCK-OK VSOCK-CLOSED VSOCK-GUEST-DONE VSOCK-PROBE-EXIT=0"
+    markers="$markers NESTED-HOST-TAP-UP HUSK-GUEST-NET.02:48:55:53:4b:01 HUSK-GUEST-PING-OK"
+    markers="$markers VMM-CAPS-ALL-ZERO"
     markers="$markers AGENT-VM-START husk-agent.ready AGENT-PROBE-EXIT=0 AGENT-VMM-EXIT=0"
     markers="$markers AGENT-HOST-FILE=written-in-the-guest vda.*8192.512-byte"
     markers="$markers agent-vmm:.*virtio-fs.thread.confined.by.Landlock"
@@ -273,6 +308,6 @@ if [ $fail -ne 0 ]; then
     cat "$LOG"
     exit 1
 fi
-grep -E "HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|husk-run: husk: vm isolation" "$LOG" |
+grep -E "HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-PING|VMM-THREAD-CAPS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|husk-run: husk: vm isolation" "$LOG" |
     sed 's/^/test-vmm-nested: /'
 say "passed"

@@ -73,6 +73,10 @@ impl VsockDevice {
         let thread = std::thread::Builder::new()
             .name("vsock".into())
             .spawn(move || {
+                if let Err(e) = crate::caps::drop_for(ThreadRole::VsockWorker) {
+                    tracing::error!("vsock thread: {e}");
+                    return;
+                }
                 if let Err(e) = seccomp::apply(ThreadRole::VsockWorker, seccomp) {
                     tracing::error!("vsock thread: {e}");
                     return;
