@@ -173,6 +173,12 @@ fn idle_memory(
         let mut by_name: Vec<(String, u64)> = Vec::new();
         for id in &ids {
             for (name, kb) in tree_pss_kb(runtime.state_pid(id)?) {
+                // husk runs from its read-only re-exec mount, so its comm is "exe".
+                let name = if name == "exe" {
+                    "husk supervisor".to_string()
+                } else {
+                    name
+                };
                 match by_name.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, total)) => *total += kb,
                     None => by_name.push((name, kb)),
