@@ -19,10 +19,10 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_benches::{hide_unified_cgroup_mount, median, p90, tree_pss_kb};
+use husk_benches::{hide_unified_cgroup_mount, median, p90, run_quiet, tree_pss_kb};
 use husk_e2e::engines::Dockerd;
 use husk_e2e::fixture::{Bundle, Rootfs};
 use serde_json::json;
@@ -47,34 +47,16 @@ impl Runtime {
         }
     }
 
-    /// Runs one subcommand; its stderr (not a pipe: a created container may keep it
-    /// open) is the error on failure.
+    /// Runs one subcommand; on failure its stderr is the error.
     fn exec(&self, args: &[&str]) -> Result<(), String> {
-        let stderr = tempfile::tempfile().map_err(|e| e.to_string())?;
-        let status = Command::new(&self.program)
-            .arg("--root")
-            .arg(self.root.path())
-            .args(&self.global_args)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr.try_clone().map_err(|e| e.to_string())?)
-            .status()
-            .map_err(|e| format!("{}: {e}", self.program.display()))?;
-        if status.success() {
-            return Ok(());
-        }
-        use std::io::{Read, Seek};
-        let mut text = String::new();
-        let mut stderr = stderr;
-        let _ = stderr.rewind();
-        let _ = stderr.read_to_string(&mut text);
-        Err(format!(
-            "{} {}: {}",
-            self.label,
-            args.join(" "),
-            text.trim()
-        ))
+        run_quiet(
+            Command::new(&self.program)
+                .arg("--root")
+                .arg(self.root.path())
+                .args(&self.global_args)
+                .args(args),
+            &format!("{} {}", self.label, args.join(" ")),
+        )
     }
 
     fn run(&self, bundle: &Path, id: &str) -> Result<Duration, String> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_benches::{hide_unified_cgroup_mount, median, p90};
+use husk_benches::{hide_unified_cgroup_mount, median, p90, run_quiet};
 use husk_e2e::fixture::{Bundle, Rootfs};
 
 struct Runtime {
@@ -31,29 +31,10 @@ impl Runtime {
     }
 
     fn exec(&self, args: &[&str]) -> Result<(), String> {
-        // Not a pipe: a created container keeps the runtime's stderr open.
-        let stderr = tempfile::tempfile().map_err(|e| e.to_string())?;
-        let status = self
-            .command()
-            .args(args)
-            .stderr(stderr.try_clone().map_err(|e| e.to_string())?)
-            .status()
-            .map_err(|e| format!("{}: {e}", self.program.display()))?;
-        if status.success() {
-            Ok(())
-        } else {
-            use std::io::{Read, Seek};
-            let mut text = String::new();
-            let mut stderr = stderr;
-            let _ = stderr.rewind();
-            let _ = stderr.read_to_string(&mut text);
-            Err(format!(
-                "{} {}: {}",
-                self.label,
-                args.join(" "),
-                text.trim()
-            ))
-        }
+        run_quiet(
+            self.command().args(args),
+            &format!("{} {}", self.label, args.join(" ")),
+        )
     }
 
     fn create_start_delete(&self, bundle: &Path, id: &str) -> Result<Duration, String> {

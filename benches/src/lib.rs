@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// crun 1.8 refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported") as
@@ -123,4 +124,25 @@ fn proc_meminfo_kb(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `command` with stdin and stdout on /dev/null and its stderr in a temporary
+/// file (not a pipe: a created container keeps the runtime's stderr open); on
+/// failure the error is `what` and that stderr.
+pub fn run_quiet(command: &mut Command, what: &str) -> Result<(), String> {
+    use std::io::{Read, Seek};
+    let mut stderr = tempfile::tempfile().map_err(|e| e.to_string())?;
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.try_clone().map_err(|e| e.to_string())?)
+        .status()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = stderr.rewind();
+    let _ = stderr.read_to_string(&mut text);
+    Err(format!("{what}: {}", text.trim()))
 }

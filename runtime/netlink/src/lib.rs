@@ -418,15 +418,7 @@ impl Netlink {
 
     /// Adds the ingress qdisc (`tc qdisc add dev X ingress`).
     pub fn add_ingress_qdisc(&mut self, link: u32) -> Result<(), NetlinkError> {
-        let mut message = TcMessage::with_index(link as i32);
-        message.header.parent = TcHandle::INGRESS;
-        message.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        message
-            .attributes
-            .push(TcAttribute::Kind("ingress".to_string()));
+        let message = ingress_qdisc(link);
         self.request(
             &format!("add ingress qdisc to link {link}"),
             RouteNetlinkMessage::NewQueueDiscipline(message),
@@ -438,12 +430,7 @@ impl Netlink {
     /// Removes the ingress qdisc and with it every filter on it. A link without one
     /// (or gone) is not an error: teardown runs after partial setups and crashes.
     pub fn remove_ingress_qdisc(&mut self, link: u32) -> Result<(), NetlinkError> {
-        let mut message = TcMessage::with_index(link as i32);
-        message.header.parent = TcHandle::INGRESS;
-        message.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
+        let message = ingress_qdisc(link);
         match self.request(
             &format!("remove ingress qdisc of link {link}"),
             RouteNetlinkMessage::DelQueueDiscipline(message),
@@ -535,6 +522,21 @@ mod libc_errno {
     pub const ENOENT: i32 = 2;
     pub const ENODEV: i32 = 19;
     pub const EINVAL: i32 = 22;
+}
+
+/// The ingress qdisc of a link (handle ffff:, parent ingress), as add and delete
+/// name it.
+fn ingress_qdisc(link: u32) -> TcMessage {
+    let mut message = TcMessage::with_index(link as i32);
+    message.header.parent = TcHandle::INGRESS;
+    message.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    message
+        .attributes
+        .push(TcAttribute::Kind("ingress".to_string()));
+    message
 }
 
 fn link_from(message: &LinkMessage) -> Link {
