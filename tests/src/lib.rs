@@ -9,6 +9,7 @@ pub mod engines;
 pub mod fixture;
 pub mod guest;
 pub mod leaks;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 

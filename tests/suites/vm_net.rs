@@ -13,12 +13,12 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use husk_e2e::cmd::{self, Background, Output};
 use husk_e2e::fixture::{Bundle, Rootfs};
+use husk_e2e::netns::{ip, veth, Netns};
 use libtest_mimic::{Arguments, Failed};
 use serde_json::json;
 
@@ -33,88 +33,6 @@ struct Env {
     rootfs: Rootfs,
     config: PathBuf,
     _config_dir: tempfile::TempDir,
-}
-
-/// `ip` with arguments; panics with its output on failure (fixture set-up).
-fn ip(args: &[&str]) -> String {
-    let out = cmd::run(Command::new("ip").args(args), Duration::from_secs(20));
-    assert!(out.code == 0, "ip {}: {out:?}", args.join(" "));
-    out.stdout
-}
-
-/// Runs a command inside a test namespace.
-fn in_ns(ns: &str, args: &[&str]) -> Output {
-    cmd::run(
-        Command::new("ip").args(["netns", "exec", ns]).args(args),
-        Duration::from_secs(30),
-    )
-}
-
-/// A network namespace of the test, removed (with its veth ends) on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("husk-t-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        in_ns(&self.name, args)
-    }
-
-    /// Links in the namespace (`ip -o link` lines).
-    fn links(&self) -> String {
-        ip(&["-n", &self.name, "-o", "link"])
-    }
-
-    fn qdiscs(&self) -> String {
-        self.run(&["tc", "qdisc", "show"]).stdout
-    }
-
-    fn mac(&self, link: &str) -> String {
-        self.run(&["cat", &format!("/sys/class/net/{link}/address")])
-            .stdout
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Connects `a` and `b` with a veth pair: `a_name` in `a` with `a_addr`, `b_name`
-/// in `b` with `b_addr`, both up with `mtu`.
-fn veth(a: &Netns, a_name: &str, a_addr: &str, b: &Netns, b_name: &str, b_addr: &str, mtu: u32) {
-    static PAIRS: AtomicUsize = AtomicUsize::new(0);
-    let n = PAIRS.fetch_add(1, Ordering::Relaxed);
-    let tmp_a = format!("hv{}-{n}a", std::process::id() % 100000);
-    let tmp_b = format!("hv{}-{n}b", std::process::id() % 100000);
-    ip(&[
-        "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
-    ]);
-    ip(&["link", "set", &tmp_a, "netns", &a.name]);
-    ip(&["link", "set", &tmp_b, "netns", &b.name]);
-    let mtu = mtu.to_string();
-    for (ns, tmp, name, addr) in [(a, &tmp_a, a_name, a_addr), (b, &tmp_b, b_name, b_addr)] {
-        ip(&["-n", &ns.name, "link", "set", tmp, "name", name]);
-        ip(&["-n", &ns.name, "link", "set", name, "mtu", &mtu, "up"]);
-        ip(&["-n", &ns.name, "addr", "add", addr, "dev", name]);
-    }
 }
 
 /// One test's runtime root and debug log.
