@@ -28,7 +28,7 @@ use crate::arch::mptable::setup_mptable;
 use crate::arch::regs::{
     configure_vcpu, gdt_for, set_lint, setup_page_tables, write_gdt, RegsError,
 };
-use crate::config::{Payload, VmSpec};
+use crate::config::{Payload, TapSource, VmSpec};
 use crate::devices::bus::SharedDevice;
 use crate::devices::legacy::{
     DebugExit, SerialDevice, DEBUG_EXIT_PORT, I8042, I8042_PORT, I8042_PORT_LEN, SERIAL_IRQ,
@@ -312,11 +312,15 @@ pub fn build_with(
             Some(m) => parse_mac(m)?,
             None => random_mac()?,
         };
-        let tap = Tap::open(&net.tap)?;
+        let tap = match net.source()? {
+            TapSource::Name(name) => Tap::open(&name)?,
+            TapSource::Fd(fd) => Tap::from_fd(fd)?,
+        };
+        let tap_name = tap.name().to_string();
         let dev = NetDevice::new(tap, mac, spec.seccomp)?;
         let (base, irq) = machine.add_virtio_device(Box::new(dev))?;
         let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        tracing::info!(base, irq, tap = %net.tap, %mac, "virtio-net");
+        tracing::info!(base, irq, tap = %tap_name, %mac, "virtio-net");
     }
     add_devices(&mut machine)?;
 

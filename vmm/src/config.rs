@@ -82,7 +82,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// A `--net` value did not parse.
-    #[error("--net {value:?}: {reason} (expected tap=<name>[,mac=xx:xx:xx:xx:xx:xx])")]
+    #[error("--net {value:?}: {reason} (expected tap=<name>|fd=<n>[,mac=xx:xx:xx:xx:xx:xx])")]
     NetSyntax {
         /// What was given.
         value: String,
@@ -95,6 +95,12 @@ pub enum ConfigError {
     /// Two network devices use the same tap.
     #[error("tap {0:?} is given twice")]
     NetTapTwice(String),
+    /// A network device names neither a tap nor a descriptor, or both.
+    #[error("a network device needs exactly one of \"tap\" (a name) and \"fd\" (an inherited tap descriptor)")]
+    NetTapOrFd,
+    /// A tap descriptor is a standard stream or negative.
+    #[error("tap descriptor {0} is not usable: it must be an inherited descriptor above 2")]
+    NetTapFd(i32),
     /// A MAC address did not parse or is multicast.
     #[error("MAC address {0:?}: expected six hex bytes separated by ':', unicast")]
     NetMac(String),
@@ -171,41 +177,76 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
 }
 
-/// A virtio-net device over host tap `tap`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A virtio-net device over a host tap: one named `tap` (attached to, or created),
+/// or one the parent opened and passed down as descriptor `fd`. Exactly one of the
+/// two.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     /// The tap's name (attached to, or created when missing: needs CAP_NET_ADMIN
     /// unless it is a persistent tap owned by the caller).
-    pub tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// An inherited descriptor of a tap already attached with IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR (how a runtime hands over a tap it made in another network
+    /// namespace); husk-vmm takes ownership of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
     /// The guest's MAC (`xx:xx:xx:xx:xx:xx`); a random locally administered one when
     /// absent.
     #[serde(default)]
     pub mac: Option<String>,
 }
 
+/// Where a network device's tap comes from (a validated [`NetConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// Attach to (or create) the tap with this name.
+    Name(String),
+    /// Take over this inherited, already attached tap descriptor.
+    Fd(i32),
+}
+
+impl NetConfig {
+    /// The tap's source, once [`VmConfig::validate`] checked that exactly one is set.
+    pub fn source(&self) -> Result<TapSource, ConfigError> {
+        match (&self.tap, self.fd) {
+            (Some(name), None) => Ok(TapSource::Name(name.clone())),
+            (None, Some(fd)) => Ok(TapSource::Fd(fd)),
+            _ => Err(ConfigError::NetTapOrFd),
+        }
+    }
+}
+
 impl std::str::FromStr for NetConfig {
     type Err = ConfigError;
 
-    /// Parses `tap=<name>[,mac=xx:xx:xx:xx:xx:xx]` (the `--net` flag).
+    /// Parses `tap=<name>[,mac=xx:xx:xx:xx:xx:xx]` or `fd=<n>[,mac=…]` (the `--net`
+    /// flag).
     fn from_str(value: &str) -> Result<Self, ConfigError> {
         let bad = |reason: &str| ConfigError::NetSyntax {
             value: value.to_string(),
             reason: reason.to_string(),
         };
-        let (mut tap, mut mac) = (None, None);
+        let mut net = NetConfig::default();
         for item in value.split(',') {
             let (key, val) = item.split_once('=').ok_or_else(|| bad("missing '='"))?;
             match key {
-                "tap" => tap = Some(val.to_string()),
-                "mac" => mac = Some(val.to_string()),
+                "tap" => net.tap = Some(val.to_string()),
+                "fd" => {
+                    net.fd = Some(
+                        val.parse()
+                            .map_err(|_| bad("fd= takes a descriptor number"))?,
+                    )
+                }
+                "mac" => net.mac = Some(val.to_string()),
                 other => return Err(bad(&format!("unknown key {other:?}"))),
             }
         }
-        Ok(NetConfig {
-            tap: tap.ok_or_else(|| bad("tap= is required"))?,
-            mac,
-        })
+        if net.tap.is_some() == net.fd.is_some() {
+            return Err(bad("give one of tap= and fd="));
+        }
+        Ok(net)
     }
 }
 
@@ -546,11 +587,26 @@ impl VmSpec {
             }
         }
         for (i, net) in self.net.iter().enumerate() {
-            if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains(['\0', '/']) {
-                return Err(ConfigError::NetTapName(net.tap.clone()));
-            }
-            if self.net[..i].iter().any(|n| n.tap == net.tap) {
-                return Err(ConfigError::NetTapTwice(net.tap.clone()));
+            let twice = self.net[..i]
+                .iter()
+                .any(|n| n.source().ok() == net.source().ok());
+            match net.source()? {
+                TapSource::Name(tap) => {
+                    if tap.is_empty() || tap.len() > 15 || tap.contains(['\0', '/']) {
+                        return Err(ConfigError::NetTapName(tap));
+                    }
+                    if twice {
+                        return Err(ConfigError::NetTapTwice(tap));
+                    }
+                }
+                TapSource::Fd(fd) => {
+                    if fd <= 2 {
+                        return Err(ConfigError::NetTapFd(fd));
+                    }
+                    if twice {
+                        return Err(ConfigError::NetTapTwice(format!("fd {fd}")));
+                    }
+                }
             }
             if let Some(mac) = &net.mac {
                 match crate::virtio::net::parse_mac(mac) {
@@ -737,10 +793,20 @@ mod tests {
     #[test]
     fn net_flag_syntax_and_checks() {
         let n: NetConfig = "tap=tap0".parse().unwrap();
-        assert_eq!((n.tap.as_str(), n.mac.as_deref()), ("tap0", None));
+        assert_eq!(n.source().unwrap(), TapSource::Name("tap0".into()));
+        assert_eq!(n.mac, None);
         let n: NetConfig = "mac=02:00:00:00:00:01,tap=t1".parse().unwrap();
         assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
-        for bad in ["", "tap0", "mac=02:00:00:00:00:01", "tap=t,queues=2"] {
+        let n: NetConfig = "fd=7,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.source().unwrap(), TapSource::Fd(7));
+        for bad in [
+            "",
+            "tap0",
+            "mac=02:00:00:00:00:01",
+            "tap=t,queues=2",
+            "fd=x",
+            "tap=t,fd=3",
+        ] {
             let e = bad.parse::<NetConfig>().unwrap_err();
             assert!(matches!(e, ConfigError::NetSyntax { .. }), "{bad}: {e}");
         }
@@ -751,9 +817,31 @@ mod tests {
             ..Default::default()
         };
         let tap = |t: &str, mac: Option<&str>| NetConfig {
-            tap: t.into(),
+            tap: Some(t.into()),
+            fd: None,
             mac: mac.map(String::from),
         };
+        let fd = |fd: i32| NetConfig {
+            fd: Some(fd),
+            ..Default::default()
+        };
+        assert_eq!(
+            with(vec![fd(3), tap("t", None)])
+                .validate()
+                .unwrap()
+                .net
+                .len(),
+            2
+        );
+        assert_eq!(with(vec![fd(2)]).validate(), Err(ConfigError::NetTapFd(2)));
+        assert_eq!(
+            with(vec![fd(5), fd(5)]).validate(),
+            Err(ConfigError::NetTapTwice("fd 5".into()))
+        );
+        assert_eq!(
+            with(vec![NetConfig::default()]).validate(),
+            Err(ConfigError::NetTapOrFd)
+        );
         assert_eq!(
             with(vec![tap("tap0", None)]).validate().unwrap().net.len(),
             1
@@ -775,6 +863,8 @@ mod tests {
         let c = VmConfig::from_json(r#"{"net": [{"tap": "tap0", "mac": "02:00:00:00:00:07"}]}"#)
             .unwrap();
         assert_eq!(c.net[0], tap("tap0", Some("02:00:00:00:00:07")));
+        let c = VmConfig::from_json(r#"{"net": [{"fd": 9}]}"#).unwrap();
+        assert_eq!(c.net[0], fd(9));
     }
 
     #[test]

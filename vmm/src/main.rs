@@ -80,10 +80,12 @@ struct Cli {
     #[arg(long = "disk", value_name = "[readonly,]path=FILE")]
     disk: Vec<BlockDisk>,
     /// Attach a virtio-net device to host tap NAME (attached to, or created when
-    /// missing; needs CAP_NET_ADMIN unless the tap is persistent and yours):
-    /// tap=NAME[,mac=xx:xx:xx:xx:xx:xx] (random local MAC when absent). Repeatable;
-    /// replaces the JSON list.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    /// missing; needs CAP_NET_ADMIN unless the tap is persistent and yours), or to
+    /// the tap behind inherited descriptor N (attached with IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR, e.g. in another network namespace):
+    /// tap=NAME|fd=N[,mac=xx:xx:xx:xx:xx:xx] (random local MAC when absent).
+    /// Repeatable; replaces the JSON list.
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC]")]
     net: Vec<NetConfig>,
     /// Boot a Linux kernel even on a PVM host (only PVM-enabled guest kernels work).
     #[arg(long)]
@@ -213,6 +215,11 @@ fn run() -> anyhow::Result<i32> {
 }
 
 fn main() -> ExitCode {
+    // Before anything is opened: `--net fd=N` may only name an inherited descriptor.
+    if let Err(e) = husk_vmm::virtio::net::tap::record_inherited_descriptors() {
+        eprintln!("husk-vmm: listing inherited descriptors in /proc/self/fd: {e}");
+        return ExitCode::from(1);
+    }
     // Log level from HUSK_VMM_LOG (error, warn, info, debug, trace; default warn).
     let level = std::env::var("HUSK_VMM_LOG")
         .ok()

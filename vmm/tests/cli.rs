@@ -202,6 +202,67 @@ fn fs_disk_and_net_devices_take_the_next_virtio_slots() {
     }
 }
 
+/// `--net fd=N`: a tap the parent attached (as the runtime does in the container's
+/// network namespace) is taken over through the inherited descriptor and becomes
+/// the virtio-net device; a descriptor that is not open in husk-vmm is an error
+/// that says so. Needs root (/dev/net/tun).
+#[test]
+fn net_takes_an_inherited_tap_descriptor() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("guest.bin");
+    std::fs::write(
+        &code,
+        Asm::default()
+            .load32(0xd000_0008)
+            .out_al(0xf4)
+            .hlt()
+            .finish(),
+    )
+    .unwrap();
+    let tap = husk_vmm::virtio::net::Tap::open("husk-cli%d").expect("a tap (root)");
+    let fd = tap.as_raw_fd();
+    let mut command = Command::new(BIN);
+    command
+        .args(["--raw64", code.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--net", &format!("fd={fd},mac=02:00:00:00:00:09")]);
+    // SAFETY: the closure runs in the child before exec and only calls fcntl(2),
+    // which is async-signal-safe, to let the tap's descriptor survive exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Device id 1 is also husk-vmm's error status: stderr tells them apart.
+    assert!(
+        out.status.code() == Some(1) && !err.contains("husk-vmm:"),
+        "virtio-net (device id 1) in slot 0: {:?}; stderr: {err}",
+        out.status
+    );
+
+    // Not inherited: the same number is closed in the child (close-on-exec).
+    let out = Command::new(BIN)
+        .args(["--raw64", code.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--net", &format!("fd={fd}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "tap descriptor {fd}: not open in husk-vmm when it started"
+        )),
+        "{err}"
+    );
+}
+
 /// Each thread's (name, CapEff) from /proc/<pid>/task/*.
 fn thread_caps(pid: u32) -> Vec<(String, u64)> {
     let mut out = Vec::new();

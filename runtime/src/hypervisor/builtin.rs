@@ -63,9 +63,11 @@ pub fn find_vmm() -> Option<PathBuf> {
 }
 
 /// husk-vmm's arguments for `spec`: kernel, agent initramfs, resources, the sandbox's
-/// vsock socket and console log, and the shared directory as virtio-fs.
+/// vsock socket and console log, the shared directory as virtio-fs, and one
+/// virtio-net device per tap the runtime attached in the container's network
+/// namespace, handed over by descriptor (husk-vmm never joins that namespace).
 pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
-    vec![
+    let mut args: Vec<String> = vec![
         "--kernel".into(),
         spec.artifacts.kernel.display().to_string(),
         "--initramfs".into(),
@@ -86,7 +88,16 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
             super::SHARED_FS_TAG,
             spec.shared_dir.display()
         ),
-    ]
+    ];
+    for device in &spec.net {
+        args.push("--net".into());
+        args.push(format!(
+            "fd={},mac={}",
+            device.tap_fd,
+            husk_netlink::format_mac(&device.mac)
+        ));
+    }
+    args
 }
 
 impl Hypervisor for Builtin {
@@ -99,20 +110,15 @@ impl Hypervisor for Builtin {
     }
 
     fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
-        if !spec.net.is_empty() {
-            return Err(HypervisorError::Unsupported {
-                backend: "builtin",
-                what: "carry the container's network interfaces into the VM",
-                hint: "run it with --hypervisor qemu, or with a network namespace that has only loopback",
-            });
-        }
         let args = vmm_args(spec);
         tracing::debug!(?args, "starting husk-vmm");
-        let vmm = super::qemu::spawn(
+        let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
+        let vmm = super::qemu::spawn_inheriting(
             &self.vmm,
             &args,
             &spec.state_dir,
             &spec.state_dir.join("husk-vmm.log"),
+            &taps,
         )?;
         Ok(RunningVm {
             vmm,
@@ -139,7 +145,16 @@ mod tests {
             state_dir: "/state/a,b".into(),
             memory_mib: 512,
             vcpus: 2,
-            net: Vec::new(),
+            net: vec![
+                crate::hypervisor::NetDevice {
+                    tap_fd: 7,
+                    mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x02],
+                },
+                crate::hypervisor::NetDevice {
+                    tap_fd: 9,
+                    mac: [0x0a, 0, 0, 0, 0, 1],
+                },
+            ],
         };
         let args = vmm_args(&spec);
         let value = |flag: &str| {
@@ -153,6 +168,15 @@ mod tests {
         assert_eq!(value("--vsock"), "vsock.sock");
         assert_eq!(value("--console"), "/state/a,b/console.log");
         assert_eq!(value("--fs"), "tag=husk-shared,path=/state/a,b/shared");
+        let nets: Vec<_> = args
+            .windows(2)
+            .filter(|w| w[0] == "--net")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            nets,
+            ["fd=7,mac=02:42:ac:11:00:02", "fd=9,mac=0a:00:00:00:00:01"]
+        );
     }
 
     #[test]

@@ -50,13 +50,6 @@ pub enum HypervisorError {
         what: String,
         source: std::io::Error,
     },
-    /// The backend cannot give the VM something the spec needs.
-    #[error("the {backend} backend cannot {what} yet; {hint}")]
-    Unsupported {
-        backend: &'static str,
-        what: &'static str,
-        hint: &'static str,
-    },
 }
 
 /// How the guest's CPU is run.

@@ -27,7 +27,13 @@
 # 3. The runtime end to end: `husk --isolation vm --hypervisor builtin run` of a
 #    bundle in the nested host (husk, husk-vmm beside it, the kernel and initramfs in
 #    a $HUSK_CACHE there): its stdout and exit status must be the container's, and
-#    husk must have picked builtin because /dev/kvm there has SVM.
+#    husk must have picked builtin because /dev/kvm there has SVM. The bundle's
+#    network namespace is /run/netns/pod, prepared as a CNI plugin would (veth eth0,
+#    10.0.3.2/24, MTU 1400; its peer in the nested host): husk carries it into the
+#    guest (a tap in the namespace, tc redirects, the tap's descriptor handed to
+#    husk-vmm with `--net fd=`), the container must see eth0 with the veth's MAC and
+#    MTU and exchange a message with a nc server on the peer, and afterwards no tap
+#    and no ingress qdisc may be left in the namespace.
 #
 # Without a project guest kernel (or with HUSK_GUEST_KERNEL=debian) the stock Debian
 # bzImage is the guest; it lacks
@@ -153,11 +159,18 @@ H="$WORK/host"
 mkdir -p "$H"/{bin,proc,sys,dev,tmp,mod,guest,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$H/bin/"
 cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm/kvm-amd.ko" "$H/mod/"
-# /dev/net/tun for --net (built in on some kernels).
-[ -f "$MODS/drivers/net/tun.ko" ] && cp "$MODS/drivers/net/tun.ko" "$H/mod/"
+# /dev/net/tun for --net (built in on some kernels); veth and the tc pieces husk's
+# network carrying uses (ingress qdisc, u32 filter, mirred action) for `husk run`.
+for m in drivers/net/tun drivers/net/veth net/sched/sch_ingress net/sched/cls_u32 net/sched/act_mirred; do
+    [ -f "$MODS/$m.ko" ] && cp "$MODS/$m.ko" "$H/mod/"
+done
 cp "$VMM" "$PROBE" "$HUSK" "$WORK/vsock_probe" "$H/"
+# iproute2 (busybox's ip has no netns or veth) for the namespace `husk run` carries.
+IP=$(readlink -f "$(command -v ip)")
+TC=$(readlink -f "$(command -v tc)")
+mkdir -p "$H/iproute2" && cp "$IP" "$H/iproute2/ip" && cp "$TC" "$H/iproute2/tc"
 # (ldd of several files prints "file:" headers: skip them.)
-for lib in $(ldd "$VMM" "$PROBE" "$HUSK" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
+for lib in $(ldd "$VMM" "$PROBE" "$HUSK" "$IP" "$TC" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u); do
     cp -L "$lib" "$H$(dirname "$lib")/" 2>/dev/null || cp -L "$lib" "$H/lib/x86_64-linux-gnu/"
 done
 cpio_of "$G" > "$H/guest/initrd"
@@ -188,14 +201,17 @@ if [ $VSOCK = 1 ]; then
     mkdir -p "$H/bundle"
     cp -a "$R" "$H/bundle/rootfs"
     rm -f "$H/bundle/rootfs/from-guest.txt"
-    args='"args": ["/bin/sh", "-c", "echo hello-from-husk-run; exit 7"],'
-    # husk refuses a spec without a network namespace in vm isolation (the host's
-    # network cannot be shared with a VM): this one gets a new, empty one.
-    sed -e "s|^    \"args\": .*|    $args|" \
-        -e 's|{ "type": "cgroup" }|{ "type": "cgroup" }, { "type": "network" }|' \
+    # The container runs in the network namespace /run/netns/pod that the nested
+    # host's init prepares as a CNI plugin would (veth eth0, 10.0.3.2/24, MTU 1400):
+    # husk carries it into the guest through a tap handed to husk-vmm by descriptor.
+    # The container prints its interface and what the peer's nc sends it.
+    script='echo hello-from-husk-run; echo GUEST-ETH0 $(cat /sys/class/net/eth0/address) mtu $(cat /sys/class/net/eth0/mtu); echo from-the-vm | busybox timeout 20 busybox nc 10.0.3.1 8080; exit 7'
+    args="\"args\": [\"/bin/sh\", \"-c\", \"$script\"],"
+    sed -e "s#^    \"args\": .*#    $args#" \
+        -e 's|{ "type": "cgroup" }|{ "type": "cgroup" }, { "type": "network", "path": "/run/netns/pod" }|' \
         "$ROOT/tests/guest/hello/config.json" > "$H/bundle/config.json"
-    grep -q '"network"' "$H/bundle/config.json" ||
-        { say "could not add a network namespace to the husk run bundle"; exit 1; }
+    grep -q '"/run/netns/pod"' "$H/bundle/config.json" ||
+        { say "could not add the network namespace to the husk run bundle"; exit 1; }
 fi
 cat > "$H/init" <<'INIT'
 #!/bin/busybox sh
@@ -204,7 +220,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in irqbypass kvm kvm-amd; do insmod /mod/$m.ko; done
-[ -f /mod/tun.ko ] && insmod /mod/tun.ko
+for m in tun veth sch_ingress cls_u32 act_mirred; do [ -f /mod/$m.ko ] && insmod /mod/$m.ko; done
 [ -c /dev/kvm ] || { echo "NESTED-HOST: no /dev/kvm"; poweroff -f; }
 echo "NESTED-HOST-READY uptime $(cut -d' ' -f1 /proc/uptime)"
 VSOCK=@VSOCK@
@@ -268,16 +284,33 @@ if [ $VSOCK = 1 ]; then
     cat /tmp/agent-console.log
     echo "----- end of agent VM console -----"
 
-    # The runtime's builtin backend end to end.
+    # The runtime's builtin backend end to end, with the container's network
+    # namespace prepared as a CNI plugin would: eth0 in /run/netns/pod, its peer
+    # veth-p here with a nc server that answers from-the-peer.
     mkdir -p /run /etc/husk
+    mount -t tmpfs tmpfs /run
+    IPR=/iproute2/ip
+    $IPR netns add pod && $IPR link add veth-p type veth peer name eth0 netns pod &&
+        $IPR link set veth-p mtu 1400 up && $IPR addr add 10.0.3.1/24 dev veth-p &&
+        $IPR -n pod link set lo up && $IPR -n pod link set eth0 mtu 1400 up &&
+        $IPR -n pod addr add 10.0.3.2/24 dev eth0 && echo "NESTED-POD-NETNS-UP"
+    POD_MAC=$($IPR -n pod -o link show eth0 | sed 's/.*link\/ether \([0-9a-f:]*\).*/\1/')
+    echo from-the-peer | timeout 200 nc -l -p 8080 >/tmp/peer-got 2>&1 &
     echo "HUSK-RUN-START uptime $(cut -d' ' -f1 /proc/uptime)"
     HUSK_CACHE=/cache timeout 300 /husk --root /run/husk --debug --isolation vm \
         --hypervisor auto run -b /bundle husk-vm-1 >/tmp/husk-run.out 2>/tmp/husk-run.err
     echo "HUSK-RUN-EXIT=$? uptime $(cut -d' ' -f1 /proc/uptime)"
-    echo "HUSK-RUN-STDOUT=$(cat /tmp/husk-run.out)"
+    sed 's/^/HUSK-RUN-STDOUT=/' /tmp/husk-run.out
+    echo "HUSK-POD-MAC=$POD_MAC"
+    grep -q "GUEST-ETH0 $POD_MAC mtu 1400" /tmp/husk-run.out && echo "HUSK-RUN-NET-SAME-MAC-MTU"
+    echo "HUSK-PEER-GOT=$(cat /tmp/peer-got)"
     sed 's/^/husk-run: /' /tmp/husk-run.err
     leftover=$(ls /run/husk 2>/dev/null | grep -v '^\.' || true)
     echo "HUSK-RUN-LEFTOVER=${leftover:-none}"
+    # The tap went with husk-vmm, the ingress qdisc with the sandbox's teardown.
+    left=$($IPR -n pod -o link | grep -o 'husk-tap[0-9]*' || true)
+    $IPR netns exec pod /iproute2/tc qdisc show dev eth0 | grep -q ingress && left="$left ingress-qdisc"
+    echo "HUSK-NET-LEFTOVER=${left:-none}"
 fi
 poweroff -f
 INIT
@@ -316,6 +349,8 @@ if [ $VSOCK = 1 ]; then
     markers="$markers AGENT-HOST-FILE=written-in-the-guest vda.*8192.512-byte"
     markers="$markers agent-vmm:.*virtio-fs.thread.confined.by.Landlock"
     markers="$markers HUSK-RUN-EXIT=7 HUSK-RUN-STDOUT=hello-from-husk-run HUSK-RUN-LEFTOVER=none"
+    markers="$markers NESTED-POD-NETNS-UP HUSK-RUN-NET-SAME-MAC-MTU HUSK-RUN-STDOUT=from-the-peer"
+    markers="$markers HUSK-PEER-GOT=from-the-vm HUSK-NET-LEFTOVER=none"
     markers="$markers husk-run:.husk:.vm.isolation.with.builtin"
 fi
 for marker in $markers; do
@@ -326,6 +361,6 @@ if [ $fail -ne 0 ]; then
     cat "$LOG"
     exit 1
 fi
-grep -E "HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-PING|VMM-THREAD-CAPS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|husk-run: husk: vm isolation" "$LOG" |
+grep -E "HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-PING|VMM-THREAD-CAPS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|HUSK-POD|HUSK-PEER|HUSK-NET|NESTED-POD|husk-run: husk: vm isolation" "$LOG" |
     sed 's/^/test-vmm-nested: /'
 say "passed"

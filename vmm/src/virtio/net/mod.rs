@@ -38,6 +38,14 @@ pub enum NetError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// An inherited tap descriptor is not usable.
+    #[error("tap descriptor {fd}: {reason}")]
+    TapFd {
+        /// The descriptor number.
+        fd: i32,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A MAC address did not parse.
     #[error("MAC address {0:?}: expected six hex bytes separated by ':'")]
     Mac(String),

@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::NetError;
@@ -18,6 +18,8 @@ pub const IFNAME_MAX: usize = 15;
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOR('T', 210, unsigned int)`.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: i16 = 0x0002;
@@ -30,6 +32,25 @@ struct IfReq {
     name: [u8; 16],
     flags: i16,
     _pad: [u8; 22],
+}
+
+/// The descriptors open when the process started (the inherited ones), once
+/// [`record_inherited_descriptors`] ran.
+static INHERITED: std::sync::OnceLock<Vec<RawFd>> = std::sync::OnceLock::new();
+
+/// Records which descriptors the process inherited. husk-vmm's `main` calls it
+/// before it opens anything, so that [`Tap::from_fd`] can refuse a number that
+/// was not inherited but names one of husk-vmm's own descriptors (/dev/kvm, say)
+/// by the time the devices are built.
+pub fn record_inherited_descriptors() -> std::io::Result<()> {
+    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The directory's own descriptor was in the listing; it is closed now.
+    // SAFETY: F_GETFD only reads the descriptor table entry of each number.
+    fds.retain(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0);
+    let _ = INHERITED.set(fds);
+    Ok(())
 }
 
 /// An open tap.
@@ -79,6 +100,85 @@ impl Tap {
         Ok(Tap {
             file,
             name: String::from_utf8_lossy(&req.name[..len]).into_owned(),
+        })
+    }
+
+    /// Takes over descriptor `fd`, inherited from the parent, which must be a tap
+    /// attached with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (the way a runtime hands over
+    /// a tap it created in the container's network namespace). The descriptor is
+    /// made non-blocking and close-on-exec; this process owns it from here on.
+    pub fn from_fd(fd: RawFd) -> Result<Self, NetError> {
+        let bad = |reason: String| NetError::TapFd { fd, reason };
+        if fd <= 2 {
+            return Err(bad("a standard stream is not a tap".into()));
+        }
+        let not_open = |fd| {
+            // SAFETY: F_GETFD only reads the descriptor table entry of `fd`.
+            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            !open
+                || INHERITED
+                    .get()
+                    .is_some_and(|inherited| !inherited.contains(&fd))
+        };
+        if not_open(fd) {
+            return Err(bad(
+                "not open in husk-vmm when it started; the parent must leave it open \
+                 across exec"
+                    .into(),
+            ));
+        }
+        // SAFETY: `fd` is open (checked above) and was inherited for this device
+        // alone: the config names each descriptor once and nothing else in this
+        // process opened or owns it, so the OwnedFd becomes its single owner.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a `struct ifreq` (name and flags) into `req`,
+        // which matches it in layout and size and lives across the call.
+        if unsafe { libc::ioctl(owned.as_raw_fd(), TUNGETIFF, &mut req) } < 0 {
+            return Err(bad(format!(
+                "not an attached tun/tap descriptor ({})",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
+        let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
+        let wanted = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if req.flags & wanted != wanted {
+            return Err(bad(format!(
+                "{name} was attached with flags {:#x}; it needs IFF_TAP | IFF_NO_PI | IFF_VNET_HDR",
+                req.flags
+            )));
+        }
+        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which is live.
+        if unsafe { libc::ioctl(owned.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+            return Err(NetError::TapIoctl {
+                ioctl: "TUNSETVNETHDRSZ",
+                name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: F_GETFL/F_SETFL and F_SETFD change only the flags of the owned
+        // descriptor.
+        let flags_set = unsafe {
+            let flags = libc::fcntl(owned.as_raw_fd(), libc::F_GETFL);
+            flags >= 0
+                && libc::fcntl(owned.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+                && libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) == 0
+        };
+        if !flags_set {
+            return Err(bad(format!(
+                "setting O_NONBLOCK and FD_CLOEXEC: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Tap {
+            file: File::from(owned),
+            name,
         })
     }
 
