@@ -243,6 +243,52 @@ impl Default for Paths {
     }
 }
 
+/// Whether the spec gives the container a network namespace of its own.
+fn has_network_namespace(linux: &oci_spec::runtime::Linux) -> bool {
+    linux.namespaces().as_ref().is_some_and(|namespaces| {
+        namespaces
+            .iter()
+            .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+    })
+}
+
+/// Splits `net.*` sysctls from the others.
+fn split_network_sysctls(
+    sysctls: HashMap<String, String>,
+) -> (Vec<(String, String)>, HashMap<String, String>) {
+    let (network, rest): (HashMap<_, _>, HashMap<_, _>) = sysctls
+        .into_iter()
+        .partition(|(key, _)| key.starts_with("net."));
+    let mut network: Vec<_> = network.into_iter().collect();
+    network.sort();
+    (network, rest)
+}
+
+/// The /proc/sys file of a `net.*` sysctl name, if the name is well formed: dot
+/// separated parts of `[A-Za-z0-9_-]`, none empty, so it cannot leave /proc/sys/net.
+fn network_sysctl_path(key: &str) -> Option<PathBuf> {
+    let rest = key.strip_prefix("net.")?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    let well_formed = key.len() <= 256
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    well_formed.then(|| PathBuf::from("/proc/sys/net").join(parts.join("/")))
+}
+
+/// Writes `net.*` sysctls in the agent's (the VM's) network namespace.
+fn apply_network_sysctls(sysctls: &[(String, String)]) -> Result<(), ContainerError> {
+    for (key, value) in sysctls {
+        let path = network_sysctl_path(key).ok_or(ContainerError::Unsupported(
+            "a net.* sysctl name outside [A-Za-z0-9_-] parts",
+        ))?;
+        std::fs::write(&path, value).map_err(io_err(format!("sysctl {key}={value}")))?;
+    }
+    Ok(())
+}
+
 /// A create request after validation.
 #[derive(Debug)]
 pub struct CreateParams {
@@ -335,6 +381,15 @@ impl Containers {
         linux.set_cgroups_path(Some(cgroup.clone()));
         if let Some(resources) = linux.resources().clone() {
             linux.set_resources(Some(guest_resources(resources, guest_has_swap())));
+        }
+        if !has_network_namespace(&linux) {
+            // The container shares the VM's network namespace, which holds exactly
+            // its carried interfaces: its net.* sysctls (Docker sets
+            // net.ipv4.ping_group_range) apply there, set by us; libcontainer
+            // refuses them without a namespace of the container's own.
+            let (network, rest) = split_network_sysctls(linux.sysctl().clone().unwrap_or_default());
+            apply_network_sysctls(&network)?;
+            linux.set_sysctl((!rest.is_empty()).then_some(rest));
         }
         spec.set_linux(Some(linux));
         spec.save(bundle.join("config.json"))
@@ -898,6 +953,31 @@ mod tests {
             shared: dir.join("shared"),
             consoles: dir.join("console"),
             no_pivot: false,
+        }
+    }
+
+    #[test]
+    fn network_sysctls_are_split_and_confined_to_proc_sys_net() {
+        let sysctls: HashMap<String, String> = [
+            ("net.ipv4.ping_group_range", "0 2147483647"),
+            ("kernel.shm_rmid_forced", "1"),
+            ("net.ipv4.conf.eth0.rp_filter", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (network, rest) = split_network_sysctls(sysctls);
+        assert_eq!(
+            network.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["net.ipv4.conf.eth0.rp_filter", "net.ipv4.ping_group_range"]
+        );
+        assert_eq!(rest.len(), 1);
+        assert_eq!(
+            network_sysctl_path("net.ipv4.ping_group_range"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/ping_group_range"))
+        );
+        for bad in ["net.", "net..x", "net.ipv4/../../x", "net.a b", "kernel.x"] {
+            assert_eq!(network_sysctl_path(bad), None, "{bad}");
         }
     }
 

@@ -1,6 +1,8 @@
 //! Real engines — containerd, dockerd, podman — each started privately for one suite:
 //! own sockets, data and state dirs in a temp dir, stopped and cleaned up on drop.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -132,6 +134,13 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts dockerd with this daemon.json.
     pub fn start(daemon_json: &serde_json::Value) -> Self {
+        Self::start_in(daemon_json, None)
+    }
+
+    /// Starts dockerd with this daemon.json, in the network namespace at `netns`
+    /// when given: the bridges, veths and addresses of the networks it makes then
+    /// live there, not on the host (containerd and the runtimes stay in the host's).
+    pub fn start_in(daemon_json: &serde_json::Value, netns: Option<&Path>) -> Self {
         let program = crate::require_program("dockerd");
         crate::require_program("docker");
         let containerd = Containerd::start(&[]);
@@ -143,7 +152,22 @@ impl Dockerd {
         let config = dir.path().join("daemon.json");
         std::fs::write(&config, serde_json::to_vec_pretty(daemon_json).unwrap()).unwrap();
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(netns) = netns {
+            let ns = std::fs::File::open(netns)
+                .unwrap_or_else(|e| panic!("open network namespace {}: {e}", netns.display()));
+            // SAFETY: runs in the forked child before exec; setns(2) is
+            // async-signal-safe and `ns` was opened before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("--data-root")
             .arg(dir.path().join("data"))
             .arg("--exec-root")

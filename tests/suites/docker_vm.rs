@@ -14,6 +14,9 @@
 //! `docker stats` / `OOMKilled` read the host cgroup of the supervisor, not the
 //! guest's (docs/runtime.md).
 //!
+//! dockerd runs in a network namespace of the suite's own, so the user-defined bridge
+//! network a case creates (and its addresses) never touch the host's network.
+//!
 //! Every case removes its container and checks that nothing is left: no supervisor,
 //! QEMU, virtiofsd or vhost-device-vsock process, no state dir or socket, no mount. A
 //! failure prints the container's guest console (kept in its state dir until `docker
@@ -30,6 +33,7 @@ use husk_e2e::cmd::{self, Output};
 use husk_e2e::engines::Dockerd;
 use husk_e2e::fixture::Rootfs;
 use husk_e2e::leaks;
+use husk_e2e::netns::Netns;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
 
@@ -42,6 +46,8 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Env {
     docker: Dockerd,
+    /// dockerd's network namespace (dropped after dockerd).
+    _netns: Netns,
     /// The operator configs daemon.json names (kept until the daemon is gone).
     _configs: tempfile::TempDir,
 }
@@ -730,6 +736,82 @@ fn cases() -> Vec<Case> {
             );
             result.and(c.remove())
         }),
+        ("user_defined_bridge_network", |env| {
+            // dockerd runs in the suite's own network namespace: the bridge, its
+            // veths and 10.79.0.0/24 exist only there. Docker's libnetwork-setkey
+            // prestart hook fills the vm container's namespace on the host; husk
+            // carries it into the guest.
+            let network = format!("husk-br-{}", std::process::id());
+            env.docker(&[
+                "network",
+                "create",
+                "--driver",
+                "bridge",
+                "--subnet",
+                "10.79.0.0/24",
+                "-o",
+                "com.docker.network.driver.mtu=1400",
+                &network,
+            ])
+            .ok();
+            let net = format!("--network={network}");
+            let result = (|| {
+                // A vm server and a runc server on the bridge.
+                let serve = |body: &str| {
+                    format!("echo {body} > /tmp/index.html; exec httpd -f -p 8080 -h /tmp")
+                };
+                let vm_server = env.run_detached(
+                    &[&net, "--ip", "10.79.0.10"],
+                    &["sh", "-c", &serve("from-the-vm-server")],
+                )?;
+                let (out, runc_server) = env.run(
+                    "runc",
+                    &["-d", &net, "--ip", "10.79.0.20"],
+                    &["sh", "-c", &serve("from-the-runc-server")],
+                );
+                let result = (|| {
+                    runc_server.check(out.code == 0, || format!("runc server: {out:?}"))?;
+                    // A vm client fetches from both, retrying while the vm server
+                    // boots; it prints its own interface first.
+                    let fetch = "get() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc \"$1\" 8080; }; \
+                         echo eth0 $(cat /sys/class/net/eth0/mtu) $(ip -o -4 addr show eth0 | awk '{print $4}'); \
+                         for i in $(seq 90); do get 10.79.0.10 | grep -q from-the-vm-server && break; sleep 1; done; \
+                         get 10.79.0.10 | tail -n 1; get 10.79.0.20 | tail -n 1";
+                    env.with_run(
+                        &[&net, "--ip", "10.79.0.30"],
+                        &["sh", "-c", fetch],
+                        |out, c| {
+                            c.check(out.code == 0, || format!("vm client: {out:?}"))?;
+                            c.contains(out, "eth0 1400 10.79.0.30/24")?;
+                            c.contains(out, "from-the-vm-server")?;
+                            c.contains(out, "from-the-runc-server")
+                        },
+                    )?;
+                    // And runc reaches the vm server over the same bridge.
+                    let (out, runc_client) = env.run(
+                        "runc",
+                        &[&net],
+                        &[
+                            "sh",
+                            "-c",
+                            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc 10.79.0.10 8080",
+                        ],
+                    );
+                    let checked = runc_client.check(
+                        out.code == 0 && out.stdout.contains("from-the-vm-server"),
+                        || format!("runc client to the vm server: {out:?}"),
+                    );
+                    checked.and(runc_client.remove())
+                })();
+                let result = result.and(runc_server.remove());
+                result.and(vm_server.remove())
+            })();
+            // Every endpoint must be gone for the network to go.
+            let rm = env.docker(&["network", "rm", &network]);
+            result.and(husk_e2e::check(rm.code == 0, || {
+                format!("docker network rm (endpoints left?): {rm:?}")
+            }))
+        }),
     ]
 }
 
@@ -795,13 +877,17 @@ fn main() {
             CONTAINER: { "path": husk, "runtimeArgs": ["--isolation", "container"] }
         }
     });
-    let docker = Dockerd::start(&daemon_json);
+    // Its own network namespace: the user-defined bridge network case's bridge
+    // and addresses never touch the host's network.
+    let netns = Netns::new("dockerd");
+    let docker = Dockerd::start_in(&daemon_json, Some(Path::new(&netns.path())));
     let rootfs = Rootfs::busybox();
     docker
         .docker_with_stdin(&["import", "-", IMAGE], &rootfs.tar())
         .ok();
     let env = Arc::new(Env {
         docker,
+        _netns: netns,
         _configs: dir,
     });
 

@@ -867,6 +867,71 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             )?;
             husk.assert_clean(&id)
         }),
+        (
+            "host_hooks_run_before_the_vm_and_a_failing_one_fails_create",
+            |env| {
+                // prestart and createRuntime hooks run on the host with the creating
+                // state (the supervisor's pid) on stdin; a failing one fails the run
+                // before the container runs, and leaves nothing.
+                let husk = Husk::new(env);
+                let id = unique("vm-hooks");
+                let seen = husk.dir.path().join("hooks.log");
+                let record = |kind: &str| {
+                    serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c",
+                    format!("echo {kind} $(cat) >> {}", seen.display())]})
+                };
+                let mut bundle = husk.bundle(&["sh", "-c", "echo ran"]);
+                bundle.config["hooks"] = serde_json::json!({
+                    "prestart": [record("prestart")],
+                    "createRuntime": [record("createRuntime")]
+                });
+                bundle.write();
+                let out = husk.husk(&[
+                    "--isolation",
+                    "vm",
+                    "run",
+                    "--bundle",
+                    bundle.path().to_str().unwrap(),
+                    &id,
+                ]);
+                let log = std::fs::read_to_string(&seen).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                husk.expect(
+                    out.code == 0
+                        && out.stdout == "ran\n"
+                        && lines.len() == 2
+                        && lines[0].starts_with("prestart {")
+                        && lines[1].starts_with("createRuntime {")
+                        && lines
+                            .iter()
+                            .all(|l| l.contains("\"status\":\"creating\"") && l.contains(&id)),
+                    || format!("want both hooks, in order, with the state: {out:?}; {log}"),
+                )?;
+                husk.assert_clean(&id)?;
+
+                let id = unique("vm-hook-fails");
+                bundle.config["process"]["args"] = serde_json::json!(["sh", "-c", "echo ran"]);
+                bundle.config["hooks"] = serde_json::json!({
+                    "prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]
+                });
+                bundle.write();
+                let out = husk.husk(&[
+                    "--isolation",
+                    "vm",
+                    "run",
+                    "--bundle",
+                    bundle.path().to_str().unwrap(),
+                    &id,
+                ]);
+                husk.expect(
+                    out.code != 0
+                        && out.stderr.contains("prestart hook /bin/sh failed")
+                        && !out.stdout.contains("ran"),
+                    || format!("want a failed prestart hook to fail the run: {out:?}"),
+                )?;
+                husk.assert_clean(&id)
+            },
+        ),
         ("killed_vmm_or_supervisor_reports_stopped", |env| {
             let husk = Husk::new(env);
             for victim in ["qemu-system", "vm-supervise"] {

@@ -67,6 +67,40 @@ pub struct GuestPlan {
     pub dropped: Vec<String>,
     /// The network the guest gets (the spec's network namespace).
     pub network: NetworkPlan,
+    /// Hooks the supervisor runs on the host before the VM boots.
+    pub host_hooks: HostHooks,
+}
+
+/// The spec's hooks that run on the host, in the runtime's namespaces, while the
+/// container is being created: `prestart` (deprecated, still what Docker uses for
+/// its network) then `createRuntime`, as runc orders them.
+#[derive(Debug, Clone, Default)]
+pub struct HostHooks {
+    pub prestart: Vec<oci_spec::runtime::Hook>,
+    pub create_runtime: Vec<oci_spec::runtime::Hook>,
+}
+
+impl HostHooks {
+    fn from_spec(hooks: &Value) -> Result<Self, GuestSpecError> {
+        let list = |kind: &str| -> Result<Vec<oci_spec::runtime::Hook>, GuestSpecError> {
+            match hooks.get(kind) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                    GuestSpecError::Unsupported(format!(
+                        "malformed hooks.{kind} in config.json: {e}"
+                    ))
+                }),
+            }
+        };
+        Ok(Self {
+            prestart: list("prestart")?,
+            create_runtime: list("createRuntime")?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prestart.is_empty() && self.create_runtime.is_empty()
+    }
 }
 
 fn is_bind(m: &Value) -> bool {
@@ -92,8 +126,24 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
     let mut dropped = Vec::new();
     let mut mounts = Vec::new();
     let obj = spec.as_object_mut().ok_or(GuestSpecError::NotAnObject)?;
-    if obj.remove("hooks").is_some() {
-        dropped.push("hooks (they name host programs)".to_string());
+    let mut host_hooks = HostHooks::default();
+    if let Some(hooks) = obj.remove("hooks") {
+        host_hooks = HostHooks::from_spec(&hooks)?;
+        let in_guest: Vec<&str> = ["createContainer", "startContainer", "poststart", "poststop"]
+            .into_iter()
+            .filter(|kind| {
+                hooks
+                    .get(*kind)
+                    .and_then(Value::as_array)
+                    .is_some_and(|h| !h.is_empty())
+            })
+            .collect();
+        if !in_guest.is_empty() {
+            dropped.push(format!(
+                "{} hooks (only createRuntime and prestart hooks run, on the host)",
+                in_guest.join(", ")
+            ));
+        }
     }
     if let Some(Value::Array(list)) = obj.get_mut("mounts") {
         let mut kept = Vec::with_capacity(list.len());
@@ -179,7 +229,7 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
         linux.remove("cgroupsPath");
         linux.remove("mountLabel");
         if let Some(Value::Array(namespaces)) = linux.get_mut("namespaces") {
-            if matches!(network, NetworkPlan::Carry(_)) {
+            if network.carries_interfaces() {
                 // The engine's namespace is carried into the guest's own network
                 // namespace (vm::network): the container joins that one.
                 namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
@@ -201,6 +251,7 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
         read_only_root,
         dropped,
         network,
+        host_hooks,
     })
 }
 
@@ -359,8 +410,56 @@ mod tests {
         assert_eq!(out["linux"]["namespaces"], json!([{"type": "pid"}]));
         assert_eq!(plan.network, NetworkPlan::Carry("/run/netns/x".into()));
         assert!(out["process"].get("apparmorProfile").is_none());
-        // hooks, the device bind.
-        assert_eq!(plan.dropped.len(), 2, "{:?}", plan.dropped);
+        // The prestart hook runs on the host; the device bind is dropped.
+        assert_eq!(plan.host_hooks.prestart.len(), 1);
+        assert_eq!(plan.dropped.len(), 1, "{:?}", plan.dropped);
+    }
+
+    #[test]
+    fn a_network_namespace_that_hooks_prepare_is_carried_from_the_host() {
+        // Docker's shape: a network namespace without a path, and libnetwork's
+        // prestart hook to fill it.
+        let spec = json!({
+            "hooks": {
+                "prestart": [{"path": "/proc/1/exe", "args": ["libnetwork-setkey", "-exec-root=/x", "abc", "def"]}],
+                "createRuntime": [{"path": "/bin/true", "timeout": 5}],
+                "poststop": [{"path": "/bin/true"}]
+            },
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}
+        });
+        let prepared = plan(spec).unwrap();
+        assert_eq!(prepared.network, NetworkPlan::Prepared);
+        assert_eq!(
+            prepared.spec["linux"]["namespaces"],
+            json!([{"type": "pid"}])
+        );
+        assert_eq!(prepared.host_hooks.prestart.len(), 1);
+        assert_eq!(
+            prepared.host_hooks.prestart[0].args().as_deref(),
+            Some(&["libnetwork-setkey", "-exec-root=/x", "abc", "def"].map(String::from)[..])
+        );
+        assert_eq!(prepared.host_hooks.create_runtime[0].timeout(), Some(5));
+        assert!(
+            prepared
+                .dropped
+                .iter()
+                .any(|d| d.starts_with("poststop hooks")),
+            "{:?}",
+            prepared.dropped
+        );
+        // Without hooks the same namespace is a new, empty one in the guest.
+        let plain = plan(json!({"linux": {"namespaces": [{"type": "network"}]}})).unwrap();
+        assert_eq!(plain.network, NetworkPlan::Isolated);
+        assert_eq!(
+            plain.spec["linux"]["namespaces"],
+            json!([{"type": "network"}])
+        );
+        // A malformed hook is an error that names it.
+        let err = plan(json!({"hooks": {"prestart": [{"args": []}]},
+            "linux": {"namespaces": [{"type": "network"}]}}))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("malformed hooks.prestart"), "{err}");
     }
 
     #[test]

@@ -68,6 +68,29 @@ pub enum NetworkPlan {
     /// The namespace at this path, prepared by the engine: its interfaces are
     /// carried into the guest.
     Carry(PathBuf),
+    /// A network namespace without a path that the spec's host hooks fill (Docker's
+    /// `libnetwork-setkey` prestart hook moves the container's veth into
+    /// `/proc/<pid>/ns/net`): the sandbox's supervisor gets a new network namespace
+    /// on the host, the hooks run with its pid, then its interfaces are carried.
+    Prepared,
+}
+
+impl NetworkPlan {
+    /// The container joins the guest's own network namespace, which holds exactly
+    /// the carried interfaces (and loopback).
+    pub fn carries_interfaces(&self) -> bool {
+        matches!(self, NetworkPlan::Carry(_) | NetworkPlan::Prepared)
+    }
+}
+
+/// Whether the spec has hooks that run on the host before the container starts
+/// (`createRuntime`, or the deprecated `prestart`).
+pub fn has_host_setup_hooks(spec: &Value) -> bool {
+    ["createRuntime", "prestart"].iter().any(|kind| {
+        spec.pointer(&format!("/hooks/{kind}"))
+            .and_then(Value::as_array)
+            .is_some_and(|hooks| !hooks.is_empty())
+    })
 }
 
 /// Reads the spec's network namespace. No network namespace at all means the host's
@@ -89,6 +112,7 @@ pub fn plan(spec: &Value) -> Result<NetworkPlan, NetworkError> {
             .filter(|p| !p.is_empty())
         {
             Some(path) => NetworkPlan::Carry(PathBuf::from(path)),
+            None if has_host_setup_hooks(spec) => NetworkPlan::Prepared,
             None => NetworkPlan::Isolated,
         },
     )

@@ -251,8 +251,16 @@ impl VmSandbox {
         })?;
         sandbox.mounted = true;
         sandbox.share_mounts(&shared, p.mounts)?;
-        if let NetworkPlan::Carry(namespace) = p.network {
-            sandbox.network = Some(network::attach(namespace, &sandbox.dir)?);
+        match p.network {
+            NetworkPlan::Carry(namespace) => {
+                sandbox.network = Some(network::attach(namespace, &sandbox.dir)?);
+            }
+            NetworkPlan::Prepared => {
+                // This process's own namespace, which the hooks filled.
+                let own = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+                sandbox.network = Some(network::attach(&own, &sandbox.dir)?);
+            }
+            NetworkPlan::Isolated => {}
         }
         let net = sandbox
             .network

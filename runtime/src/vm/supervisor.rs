@@ -56,6 +56,16 @@ pub enum SupervisorError {
     /// The supervisor process failed before the container existed.
     #[error("{0}")]
     Supervisor(String),
+    /// A host hook (prestart, createRuntime) failed: the container is not created.
+    #[error("{kind} hook {path} failed: {source}")]
+    Hook {
+        kind: &'static str,
+        path: PathBuf,
+        source: libcontainer::hooks::HookError,
+    },
+    /// The sandbox's own network namespace on the host could not be made.
+    #[error("cannot give the sandbox its own network namespace on the host: {0}")]
+    NetworkNamespace(nix::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SupervisorError {
@@ -468,6 +478,7 @@ fn boot_and_create(
     for what in &launch.plan.dropped {
         tracing::warn!(id = %launch.id, "vm isolation: dropped {what}");
     }
+    prepare_host_side(launch)?;
     let mut sandbox = VmSandbox::boot(BootParams {
         hypervisor: launch.hypervisor.as_ref(),
         artifacts: launch.artifacts.clone(),
@@ -483,6 +494,53 @@ fn boot_and_create(
     sandbox.create_container(&launch.guest_id, &launch.plan.spec)?;
     let (host_stdio, raw_mode, _pty) = terminal_stdio(&stdio)?;
     Ok((sandbox, host_stdio, raw_mode))
+}
+
+/// What happens on the host before the VM boots, in the runtime's namespaces as runc
+/// does it: for a network namespace that hooks prepare, this process (the
+/// container's stand-in, whose pid the engine and the hooks see) moves into a new
+/// network namespace; then the `prestart` and `createRuntime` hooks run with the
+/// `creating` state on stdin. Docker's `libnetwork-setkey` prestart hook moves the
+/// container's veth into `/proc/<our pid>/ns/net` this way; the boot then carries it.
+/// Runs on the main thread, whose namespace `/proc/<pid>/ns/net` names.
+fn prepare_host_side(launch: &VmLaunch) -> Result<(), SupervisorError> {
+    use libcontainer::container::{ContainerStatus, State};
+    if launch.plan.network == super::network::NetworkPlan::Prepared {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(SupervisorError::NetworkNamespace)?;
+    }
+    let hooks = &launch.plan.host_hooks;
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let mut state = State::new(
+        &launch.id,
+        ContainerStatus::Creating,
+        Some(std::process::id() as i32),
+        launch.bundle.clone(),
+    );
+    state.annotations = launch.annotations.clone();
+    for (kind, list) in [
+        ("prestart", &hooks.prestart),
+        ("createRuntime", &hooks.create_runtime),
+    ] {
+        for hook in list {
+            tracing::debug!(id = %launch.id, kind, path = %hook.path().display(), "running host hook");
+            libcontainer::hooks::run_hooks(
+                Some(&vec![hook.clone()]),
+                Some(&state),
+                Some(&launch.bundle),
+                None,
+                None,
+            )
+            .map_err(|source| SupervisorError::Hook {
+                kind,
+                path: hook.path().clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Our terminal in raw mode while a container terminal is bridged to it.
