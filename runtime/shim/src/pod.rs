@@ -15,6 +15,7 @@ use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_runtime::config::Config;
 use husk_runtime::hypervisor::{Backend, SHARED_FS_TAG};
 use husk_runtime::vm::guest_spec::{SharedMount, GUEST_SHARED_DIR, MOUNTS_DIR};
+use husk_runtime::vm::network::NetworkPlan;
 use husk_runtime::vm::relay::ctx;
 use husk_runtime::vm::sandbox::{BootParams, VmSandbox, CALL_TIMEOUT};
 use husk_runtime::vm::supervisor::VmLaunch;
@@ -59,9 +60,42 @@ pub enum PodError {
         what: String,
         source: std::io::Error,
     },
+    /// The spec has prestart/createRuntime hooks, which this shim does not run.
+    #[error(
+        "containerd-shim-husk-v2 does not run OCI prestart/createRuntime hooks (they \
+         would set up the container on the host, e.g. its network); give the container \
+         a network namespace path as CRI does, or run it with `husk --isolation vm` \
+         through the runc shim, which runs them"
+    )]
+    HostHooks,
+    /// A container of the pod asks for another network than the pod VM carries.
+    #[error(
+        "the pod VM carries the network namespace {pod}; this container asks for {wanted}: \
+         the containers of a pod share one network namespace"
+    )]
+    Network { pod: String, wanted: String },
     /// The keeper thread is gone (the shim is shutting down).
     #[error("the pod VM is shut down")]
     Gone,
+}
+
+/// A container joining the pod VM must use the pod's network: the same carried
+/// namespace (CRI gives every container the pod sandbox's), or a new, empty one of
+/// its own in the guest.
+fn check_joined_network(pod: Option<&NetworkPlan>, wanted: &NetworkPlan) -> Result<(), PodError> {
+    let describe = |plan: Option<&NetworkPlan>| match plan {
+        Some(NetworkPlan::Carry(path)) => path.display().to_string(),
+        Some(NetworkPlan::Isolated) | None => "a new, empty namespace".to_string(),
+        Some(NetworkPlan::Prepared) => "a namespace prepared by hooks".to_string(),
+    };
+    match wanted {
+        NetworkPlan::Isolated => Ok(()),
+        _ if pod == Some(wanted) => Ok(()),
+        _ => Err(PodError::Network {
+            pod: describe(pod),
+            wanted: describe(Some(wanted)),
+        }),
+    }
 }
 
 /// A ttrpc error as a sentence (the status's message, not its Debug form).
@@ -146,6 +180,8 @@ struct Keeper {
     sandbox: Option<VmSandbox>,
     /// Host mounts made for containers that joined the VM, by guest id.
     joined: HashMap<String, Vec<PathBuf>>,
+    /// The network namespace the pod VM carries (its first container's).
+    network: Option<NetworkPlan>,
 }
 
 impl Keeper {
@@ -154,6 +190,7 @@ impl Keeper {
             state_dir,
             sandbox: None,
             joined: HashMap::new(),
+            network: None,
         }
     }
 
@@ -190,15 +227,22 @@ impl Keeper {
         {
             return Err(PodError::Isolation(wanted.clone()));
         }
+        if !launch.plan.host_hooks.is_empty() {
+            return Err(PodError::HostHooks);
+        }
         for what in &launch.plan.dropped {
             tracing::warn!(id = %c.id, "vm isolation: dropped {what}");
         }
         let (rootfs_name, spec) = match self.sandbox.as_ref() {
             None => {
                 self.boot(&launch)?;
+                self.network = Some(launch.plan.network.clone());
                 ("rootfs".to_string(), launch.plan.spec.clone())
             }
-            Some(_) => self.share_joined(&launch)?,
+            Some(_) => {
+                check_joined_network(self.network.as_ref(), &launch.plan.network)?;
+                self.share_joined(&launch)?
+            }
         };
         let sandbox = self.sandbox.as_ref().expect("booted");
         let agent = sandbox.agent();
@@ -431,6 +475,27 @@ pub fn relocate_mounts(spec: &mut Value, sub: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_containers_share_the_pods_network() {
+        let pod = NetworkPlan::Carry("/var/run/netns/cni-1".into());
+        assert!(check_joined_network(Some(&pod), &pod.clone()).is_ok());
+        assert!(check_joined_network(Some(&pod), &NetworkPlan::Isolated).is_ok());
+        let err = check_joined_network(
+            Some(&pod),
+            &NetworkPlan::Carry("/var/run/netns/other".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/var/run/netns/cni-1") && err.contains("/var/run/netns/other"),
+            "{err}"
+        );
+        let err = check_joined_network(Some(&NetworkPlan::Isolated), &pod)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a new, empty namespace"), "{err}");
+    }
     use serde_json::json;
 
     #[test]
