@@ -33,7 +33,11 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = format!("husk-t-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by an earlier run of this pid; usually there is none.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         Self { name }
