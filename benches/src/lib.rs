@@ -1,6 +1,8 @@
 //! What the bench targets share: the hybrid-cgroup workaround that lets crun run
-//! here, medians, reading a process tree's memory from /proc, and a runtime driven by
-//! its CLI.
+//! here, medians, reading a process tree's memory from /proc, a runtime driven by its
+//! CLI, and the TCP probe of the network benchmark.
+
+pub mod tcp_probe;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
