@@ -232,7 +232,7 @@ fn sample(runtime: &Runtime, rootfs: &Path, id: &str) -> ProbeReport {
     );
     assert!(
         out.code == 0,
-        "{} run {id}: the container exited {}\nstdout:\n{}\nstderr:\n{}",
+        "{} run {id} exited {} (the runtime or the probe client in the container failed)\nstdout:\n{}\nstderr:\n{}",
         runtime.label,
         out.code,
         out.stdout,
@@ -285,6 +285,23 @@ impl Summary {
             self.rr_p99_us / base.rr_p99_us,
         ]
     }
+}
+
+/// The lowest and highest of each figure over the rounds: on a 2-core machine they
+/// move with whether the two ends of a connection share a core.
+fn spread(reports: &[ProbeReport]) -> String {
+    let range = |get: fn(&ProbeReport) -> f64, decimals: usize| {
+        let low = reports.iter().map(get).fold(f64::INFINITY, f64::min);
+        let high = reports.iter().map(get).fold(f64::NEG_INFINITY, f64::max);
+        format!("{low:.decimals$}-{high:.decimals$}")
+    };
+    format!(
+        "out {} Mbit/s, in {} Mbit/s, RR median {} µs, RR p99 {} µs",
+        range(|r| r.out_mbit_s, 0),
+        range(|r| r.in_mbit_s, 0),
+        range(|r| r.rr_median_us, 1),
+        range(|r| r.rr_p99_us, 1)
+    )
 }
 
 fn bench() {
@@ -391,7 +408,7 @@ fn bench() {
         let [out, inward, rr, p99] = summary.ratios(runc_summary);
         let _ = writeln!(
             report,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {out:.2}x | {inward:.2}x | {rr:.2}x | {p99:.2}x |",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {out:.2}x | {inward:.2}x | {rr:.2}x | {p99:.2}x |",
             runtime.label,
             summary.out_mbit_s,
             summary.in_mbit_s,
@@ -405,6 +422,10 @@ fn bench() {
         report,
         "\nhusk vm / husk container: out {out:.3}x, in {inward:.3}x, RR median {rr:.1}x, RR p99 {p99:.1}x"
     );
+    let _ = writeln!(report, "\nrange over the rounds (lowest-highest):");
+    for (runtime, rounds) in runtimes.iter().zip(&reports) {
+        let _ = writeln!(report, "- {}: {}", runtime.label, spread(rounds));
+    }
     print!("\n{report}");
 
     let dir = output_dir();
