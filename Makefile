@@ -16,7 +16,7 @@ TEST_SUITES :=
 
 -include mk/*.mk
 
-.PHONY: setup build demo test lint unit-test e2e bench bench-compare
+.PHONY: setup build demo test lint unit-test e2e bench bench-compare bench-net
 setup:
 	bash scripts/setup.sh
 
@@ -43,10 +43,15 @@ demo: build guest-artifacts
 test: build lint unit-test e2e $(TEST_SUITES)
 	@echo "make test: all suites passed"
 
-# Every benchmark: container startup, vm vs container, and the end-to-end comparison.
+# Every benchmark: container startup, vm vs container, the end-to-end comparison, network.
 bench: build guest-artifacts
 	$(CARGO) bench -p husk-benches
 
 # docker run and direct run, vm isolation vs husk container vs runc vs crun, memory.
 bench-compare: build guest-artifacts
 	$(CARGO) bench -p husk-benches --bench compare
+
+# TCP throughput both ways and round-trip latency container <-> peer over a veth:
+# vm isolation vs husk container vs runc.
+bench-net: build guest-artifacts
+	$(CARGO) bench -p husk-benches --bench net

@@ -18,70 +18,17 @@
 //! the report names it.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_benches::{hide_unified_cgroup_mount, median, p90, run_quiet, tree_pss_kb};
+use husk_benches::{
+    hide_unified_cgroup_mount, median, output_dir, p90, tree_pss_kb, vm_backend, Runtime,
+};
 use husk_e2e::engines::Dockerd;
 use husk_e2e::fixture::{Bundle, Rootfs};
 use serde_json::json;
 
 const IMAGE: &str = "husk-bench-busybox:latest";
-
-/// One runtime as the CLI benchmark drives it.
-struct Runtime {
-    label: &'static str,
-    program: PathBuf,
-    global_args: Vec<String>,
-    root: tempfile::TempDir,
-}
-
-impl Runtime {
-    fn new(label: &'static str, program: PathBuf, global_args: &[&str]) -> Self {
-        Self {
-            label,
-            program,
-            global_args: global_args.iter().map(|a| a.to_string()).collect(),
-            root: tempfile::tempdir().expect("state root"),
-        }
-    }
-
-    /// Runs one subcommand; on failure its stderr is the error.
-    fn exec(&self, args: &[&str]) -> Result<(), String> {
-        run_quiet(
-            Command::new(&self.program)
-                .arg("--root")
-                .arg(self.root.path())
-                .args(&self.global_args)
-                .args(args),
-            &format!("{} {}", self.label, args.join(" ")),
-        )
-    }
-
-    fn run(&self, bundle: &Path, id: &str) -> Result<Duration, String> {
-        let started = Instant::now();
-        self.exec(&["run", "--bundle", bundle.to_str().unwrap(), id])?;
-        Ok(started.elapsed())
-    }
-
-    /// The pid `state` reports (the container's init, or a VM sandbox's supervisor).
-    fn state_pid(&self, id: &str) -> Result<i32, String> {
-        let out = Command::new(&self.program)
-            .arg("--root")
-            .arg(self.root.path())
-            .args(&self.global_args)
-            .args(["state", id])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let state: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("{} state {id}: {e}", self.label))?;
-        state["pid"]
-            .as_i64()
-            .map(|p| p as i32)
-            .ok_or_else(|| format!("{} state {id}: no pid in {state}", self.label))
-    }
-}
 
 /// Samples of one row of the report; `None` once it failed (the error is kept).
 struct Row {
@@ -240,25 +187,6 @@ fn svg_chart(title: &str, groups: &[(&str, Vec<(String, f64)>)]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
-}
-
-fn output_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("husk-bench")
-}
-
-/// Which backend `auto` picks, from `husk check`'s report.
-fn vm_backend(husk: &Path) -> String {
-    let out = Command::new(husk).arg("check").output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    text.lines()
-        .find(|l| l.contains("auto"))
-        .map(|l| l.trim().to_string())
-        .unwrap_or_else(|| "backend: see `husk check`".into())
 }
 
 fn main() {

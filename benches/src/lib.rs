@@ -1,10 +1,13 @@
 //! What the bench targets share: the hybrid-cgroup workaround that lets crun run
-//! here, medians, and reading a process tree's memory from /proc.
+//! here, medians, reading a process tree's memory from /proc, a runtime driven by its
+//! CLI, and the TCP probe of the network benchmark.
+
+pub mod tcp_probe;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// crun 1.8 refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported") as
 /// soon as the cgroup2 mount has a controller. The benchmarks run every runtime in one
@@ -35,16 +38,21 @@ pub fn hide_unified_cgroup_mount() -> Option<String> {
     })
 }
 
+/// The sample at `per_mille` thousandths of the sorted samples (sorts them): 500 is
+/// the median, 990 the 99th percentile. Panics on no samples.
+pub fn quantile<T: Copy + PartialOrd>(samples: &mut [T], per_mille: usize) -> T {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    samples[(samples.len() * per_mille / 1000).min(samples.len() - 1)]
+}
+
 /// The median of the samples (sorts them).
-pub fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
+pub fn median<T: Copy + PartialOrd>(samples: &mut [T]) -> T {
+    quantile(samples, 500)
 }
 
 /// The 90th percentile of the samples (sorts them).
-pub fn p90(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[(samples.len() * 9 / 10).min(samples.len() - 1)]
+pub fn p90<T: Copy + PartialOrd>(samples: &mut [T]) -> T {
+    quantile(samples, 900)
 }
 
 /// `key`'s first number in /proc/<pid>/<file> (e.g. `Pss:` in smaps_rollup, kB).
@@ -145,4 +153,85 @@ pub fn run_quiet(command: &mut Command, what: &str) -> Result<(), String> {
     let _ = stderr.rewind();
     let _ = stderr.read_to_string(&mut text);
     Err(format!("{what}: {}", text.trim()))
+}
+
+/// One runtime as a benchmark drives it: its CLI with global arguments and a private
+/// state root (removed on drop).
+pub struct Runtime {
+    pub label: &'static str,
+    program: PathBuf,
+    global_args: Vec<String>,
+    root: tempfile::TempDir,
+}
+
+impl Runtime {
+    pub fn new(label: &'static str, program: PathBuf, global_args: &[&str]) -> Self {
+        Self {
+            label,
+            program,
+            global_args: global_args.iter().map(|a| a.to_string()).collect(),
+            root: tempfile::tempdir().expect("state root"),
+        }
+    }
+
+    /// The runtime's command with `--root` and the global arguments, for a subcommand.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .arg("--root")
+            .arg(self.root.path())
+            .args(&self.global_args);
+        command
+    }
+
+    /// Runs one subcommand; on failure its stderr is the error.
+    pub fn exec(&self, args: &[&str]) -> Result<(), String> {
+        run_quiet(
+            self.command().args(args),
+            &format!("{} {}", self.label, args.join(" ")),
+        )
+    }
+
+    /// A foreground `run` of the bundle, timed.
+    pub fn run(&self, bundle: &Path, id: &str) -> Result<Duration, String> {
+        let started = Instant::now();
+        self.exec(&["run", "--bundle", bundle.to_str().unwrap(), id])?;
+        Ok(started.elapsed())
+    }
+
+    /// The pid `state` reports (the container's init, or a VM sandbox's supervisor).
+    pub fn state_pid(&self, id: &str) -> Result<i32, String> {
+        let out = self
+            .command()
+            .args(["state", id])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{} state {id}: {e}", self.label))?;
+        state["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+            .ok_or_else(|| format!("{} state {id}: no pid in {state}", self.label))
+    }
+}
+
+/// Which backend `auto` picks for vm isolation, from `husk check`'s report (it names
+/// QEMU's accelerator, e.g. "qemu with tcg" where KVM cannot run the guest).
+pub fn vm_backend(husk: &Path) -> String {
+    let out = Command::new(husk).arg("check").output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.contains("auto"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| "backend: see `husk check`".into())
+}
+
+/// Where benchmarks write their reports: `target/husk-bench/`.
+pub fn output_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("husk-bench")
 }
