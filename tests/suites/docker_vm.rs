@@ -47,7 +47,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 struct Env {
     docker: Dockerd,
     /// dockerd's network namespace (dropped after dockerd).
-    _netns: Netns,
+    netns: Netns,
     /// The operator configs daemon.json names (kept until the daemon is gone).
     _configs: tempfile::TempDir,
 }
@@ -760,8 +760,10 @@ fn cases() -> Vec<Case> {
                 let serve = |body: &str| {
                     format!("echo {body} > /tmp/index.html; exec httpd -f -p 8080 -h /tmp")
                 };
+                // Its port is also published on dockerd's loopback (docker-proxy,
+                // as --iptables=false leaves it).
                 let vm_server = env.run_detached(
-                    &[&net, "--ip", "10.79.0.10"],
+                    &[&net, "--ip", "10.79.0.10", "-p", "127.0.0.1:18080:8080"],
                     &["sh", "-c", &serve("from-the-vm-server")],
                 )?;
                 let (out, runc_server) = env.run(
@@ -801,7 +803,21 @@ fn cases() -> Vec<Case> {
                         out.code == 0 && out.stdout.contains("from-the-vm-server"),
                         || format!("runc client to the vm server: {out:?}"),
                     );
-                    checked.and(runc_client.remove())
+                    checked.and(runc_client.remove())?;
+                    // The published port, from dockerd's namespace.
+                    let busybox = husk_e2e::require_program("busybox");
+                    let busybox = busybox.to_str().unwrap();
+                    let published = env.netns.run(&[
+                        busybox,
+                        "sh",
+                        "-c",
+                        &format!(
+                            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | {busybox} timeout 10 {busybox} nc 127.0.0.1 18080"
+                        ),
+                    ]);
+                    vm_server.check(published.stdout.contains("from-the-vm-server"), || {
+                        format!("-p 127.0.0.1:18080:8080 from dockerd's namespace: {published:?}")
+                    })
                 })();
                 let result = result.and(runc_server.remove());
                 result.and(vm_server.remove())
@@ -887,7 +903,7 @@ fn main() {
         .ok();
     let env = Arc::new(Env {
         docker,
-        _netns: netns,
+        netns,
         _configs: dir,
     });
 
