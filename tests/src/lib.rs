@@ -10,6 +10,7 @@ pub mod fixture;
 pub mod guest;
 pub mod leaks;
 pub mod netns;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 

@@ -16,10 +16,8 @@ use std::time::Duration;
 use husk_e2e::cmd::{self, Background, Output};
 use husk_e2e::fixture::{Bundle, Rootfs};
 use husk_e2e::leaks;
+use husk_e2e::vm::{HuskRoot, TIMEOUT};
 use libtest_mimic::{Arguments, Failed};
-
-/// TCG boots in ~1.2 s here; a loaded CI machine can take far longer.
-const TIMEOUT: Duration = Duration::from_secs(180);
 
 struct Env {
     rootfs: Rootfs,
@@ -30,8 +28,14 @@ struct Env {
 /// One test's private runtime root, operator config and debug log.
 struct Husk<'a> {
     env: &'a Env,
-    dir: tempfile::TempDir,
-    root: PathBuf,
+    base: HuskRoot,
+}
+
+impl std::ops::Deref for Husk<'_> {
+    type Target = HuskRoot;
+    fn deref(&self) -> &HuskRoot {
+        &self.base
+    }
 }
 
 impl<'a> Husk<'a> {
@@ -46,21 +50,17 @@ impl<'a> Husk<'a> {
     }
 
     fn with_vm_config(env: &'a Env, config: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("husk-vm-")
-            .tempdir()
-            .unwrap();
-        std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let root = dir.path().join("state");
-        std::fs::create_dir(&root).unwrap();
-        Self { env, dir, root }
+        Self {
+            env,
+            base: HuskRoot::new("husk-vm-", config),
+        }
     }
 
     /// A runtime root as long as Docker's (`<exec-root>/runtime-runc/moby`, and
     /// 64-hex ids): no socket of a sandbox fits in `sun_path` by its full path.
     fn with_long_root(env: &'a Env) -> Self {
         let mut husk = Self::new(env);
-        husk.root = husk
+        husk.base.root = husk
             .dir
             .path()
             .join("state/exec/runtime-vm-with-a-long-name/moby");
@@ -70,27 +70,6 @@ impl<'a> Husk<'a> {
 
     fn state_root(&self) -> PathBuf {
         self.root.clone()
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("husk.log")
-    }
-
-    fn command(&self) -> Command {
-        let mut command = Command::new(husk_e2e::husk_bin());
-        command
-            .arg("--root")
-            .arg(self.state_root())
-            .arg("--config")
-            .arg(self.dir.path().join("config.toml"))
-            .arg("--debug")
-            .arg("--log")
-            .arg(self.log());
-        command
-    }
-
-    fn husk(&self, args: &[&str]) -> Output {
-        cmd::run(self.command().args(args), TIMEOUT)
     }
 
     fn bundle(&self, args: &[&str]) -> Bundle {
@@ -124,15 +103,10 @@ impl<'a> Husk<'a> {
         command
             .args(["--isolation", "vm", "run", "--bundle"])
             .arg(bundle.path())
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path).unwrap())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let child = Background::spawn(&mut command);
-        let ready = cmd::wait_until(TIMEOUT, || {
-            std::fs::read_to_string(&stdout_path).is_ok_and(|s| s.contains("ready"))
-        });
-        self.expect(ready, || "the container never printed ready".into())?;
+            .arg(id);
+        let child = self
+            .base
+            .spawn_until_ready(command, &stdout_path, &stderr_path)?;
         Ok((child, stdout_path, stderr_path))
     }
 
@@ -184,21 +158,6 @@ impl<'a> Husk<'a> {
         self.expect(stopped, || {
             format!("{id} never stopped: {}", self.state(id))
         })
-    }
-
-    /// A failure that carries everything needed to debug it: the output and husk's
-    /// debug log, which holds the guest console.
-    fn fail(&self, what: String) -> Failed {
-        let log = std::fs::read_to_string(self.log()).unwrap_or_else(|_| "(no log)".into());
-        format!("{what}\n----- husk debug log (with the guest console) -----\n{log}").into()
-    }
-
-    fn expect(&self, condition: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
-        if condition {
-            Ok(())
-        } else {
-            Err(self.fail(what()))
-        }
     }
 
     /// Nothing of the sandbox may be left: VM processes (their command lines name

@@ -19,10 +19,9 @@ use std::time::Duration;
 use husk_e2e::cmd::{self, Background, Output};
 use husk_e2e::fixture::{Bundle, Rootfs};
 use husk_e2e::netns::{ip, veth, Netns};
+use husk_e2e::vm::{HuskRoot, TIMEOUT};
 use libtest_mimic::{Arguments, Failed};
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A shell function `get HOST PORT` fetching `/` over HTTP with busybox nc
 /// (busybox-static's wget crashes in its static resolver).
@@ -31,35 +30,35 @@ const HTTP_GET: &str =
 
 struct Env {
     rootfs: Rootfs,
-    config: PathBuf,
-    _config_dir: tempfile::TempDir,
+    /// The operator config naming the guest artifacts.
+    config: String,
 }
 
-/// One test's runtime root and debug log.
+/// One test's runtime root, config and debug log.
 struct Husk<'a> {
     env: &'a Env,
-    dir: tempfile::TempDir,
+    base: HuskRoot,
+}
+
+impl std::ops::Deref for Husk<'_> {
+    type Target = HuskRoot;
+    fn deref(&self) -> &HuskRoot {
+        &self.base
+    }
 }
 
 impl<'a> Husk<'a> {
     fn new(env: &'a Env) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("husk-vmnet-")
-            .tempdir()
-            .unwrap();
-        Self { env, dir }
+        Self {
+            env,
+            base: HuskRoot::new("husk-vmnet-", &env.config),
+        }
     }
 
+    /// husk in vm isolation.
     fn command(&self) -> Command {
-        let mut command = Command::new(husk_e2e::husk_bin());
-        command
-            .arg("--root")
-            .arg(self.dir.path().join("state"))
-            .arg("--config")
-            .arg(&self.env.config)
-            .args(["--debug", "--log"])
-            .arg(self.dir.path().join("husk.log"))
-            .args(["--isolation", "vm"]);
+        let mut command = self.base.command();
+        command.args(["--isolation", "vm"]);
         command
     }
 
@@ -102,37 +101,11 @@ impl<'a> Husk<'a> {
         bundle: &Bundle,
     ) -> Result<(Background, PathBuf), Failed> {
         let stdout = self.dir.path().join(format!("{id}.out"));
+        let stderr = self.dir.path().join(format!("{id}.err"));
         let mut command = self.command();
-        command
-            .args(["run", "--bundle"])
-            .arg(bundle.path())
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(self.dir.path().join(format!("{id}.err"))).unwrap());
-        let child = Background::spawn(&mut command);
-        let ready = cmd::wait_until(TIMEOUT, || {
-            std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready"))
-        });
-        let text = std::fs::read_to_string(&stdout).unwrap_or_default();
-        self.expect(ready, || {
-            format!("{id} never printed ready; stdout: {text}")
-        })?;
+        command.args(["run", "--bundle"]).arg(bundle.path()).arg(id);
+        let child = self.base.spawn_until_ready(command, &stdout, &stderr)?;
         Ok((child, stdout))
-    }
-
-    fn fail(&self, what: String) -> Failed {
-        let log = std::fs::read_to_string(self.dir.path().join("husk.log"))
-            .unwrap_or_else(|_| "(no log)".into());
-        format!("{what}\n----- husk debug log (with the guest console) -----\n{log}").into()
-    }
-
-    fn expect(&self, condition: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
-        if condition {
-            Ok(())
-        } else {
-            Err(self.fail(what()))
-        }
     }
 
     /// The namespace holds no tap of ours and no ingress qdisc any more, and no VM
@@ -426,17 +399,9 @@ fn main() {
     husk_e2e::require_program("qemu-system-x86_64");
     let (kernel, initramfs) = husk_e2e::guest::artifacts();
     husk_e2e::guest::ensure_helpers();
-    let config_dir = tempfile::tempdir().unwrap();
-    let config = config_dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        husk_e2e::guest::operator_config(&kernel, &initramfs),
-    )
-    .unwrap();
     let env = Arc::new(Env {
         rootfs: Rootfs::busybox(),
-        config,
-        _config_dir: config_dir,
+        config: husk_e2e::guest::operator_config(&kernel, &initramfs),
     });
     let trials = husk_e2e::trials(&env, cases());
     let conclusion = libtest_mimic::run(&args, trials);
