@@ -200,15 +200,8 @@ fn main() {
     if let Some(note) = hide_unified_cgroup_mount() {
         notes.push(note);
     }
-    let (kernel, initramfs) = husk_e2e::guest::artifacts();
-    husk_e2e::guest::ensure_helpers();
     let scratch = tempfile::tempdir().expect("scratch dir");
-    let config = scratch.path().join("husk.toml");
-    std::fs::write(
-        &config,
-        husk_e2e::guest::operator_config(&kernel, &initramfs),
-    )
-    .expect("write operator config");
+    let config = husk_e2e::guest::operator_config_file(scratch.path());
     let config = config.to_str().unwrap().to_string();
     let husk = husk_e2e::husk_bin();
     let backend = vm_backend(&husk);

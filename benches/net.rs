@@ -330,15 +330,8 @@ fn bench() {
         .unwrap_or(5);
     let machine = husk_benches::machine_description();
     let backend = vm_backend(&husk);
-    let (kernel, initramfs) = husk_e2e::guest::artifacts();
-    husk_e2e::guest::ensure_helpers();
     let scratch = tempfile::tempdir().expect("scratch dir");
-    let config = scratch.path().join("husk.toml");
-    std::fs::write(
-        &config,
-        husk_e2e::guest::operator_config(&kernel, &initramfs),
-    )
-    .expect("write operator config");
+    let config = husk_e2e::guest::operator_config_file(scratch.path());
     let config = config.to_str().unwrap().to_string();
 
     // A private rootfs (Rootfs::busybox makes a fresh one) with the client in it.

@@ -64,3 +64,14 @@ pub fn ensure_helpers() {
 pub fn operator_config(kernel: &Path, initramfs: &Path) -> String {
     format!("[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\n")
 }
+
+/// Builds what is missing of the guest (artifacts and helpers) and writes an
+/// operator config naming this checkout's artifacts into `dir`; returns its path.
+pub fn operator_config_file(dir: &Path) -> PathBuf {
+    let (kernel, initramfs) = artifacts();
+    ensure_helpers();
+    let path = dir.join("husk.toml");
+    std::fs::write(&path, operator_config(&kernel, &initramfs))
+        .unwrap_or_else(|e| panic!("write the operator config {}: {e}", path.display()));
+    path
+}

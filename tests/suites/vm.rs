@@ -76,17 +76,22 @@ impl<'a> Husk<'a> {
         Bundle::new(self.env.rootfs.path(), args)
     }
 
-    /// `husk --isolation vm run` of a bundle running `args`.
-    fn vm_run(&self, id: &str, args: &[&str]) -> (Output, Bundle) {
-        let bundle = self.bundle(args);
-        let out = self.husk(&[
+    /// `husk --isolation vm run` of `bundle` in the foreground.
+    fn run_bundle(&self, id: &str, bundle: &Bundle) -> Output {
+        self.husk(&[
             "--isolation",
             "vm",
             "run",
             "--bundle",
             bundle.path().to_str().unwrap(),
             id,
-        ]);
+        ])
+    }
+
+    /// `husk --isolation vm run` of a bundle running `args`.
+    fn vm_run(&self, id: &str, args: &[&str]) -> (Output, Bundle) {
+        let bundle = self.bundle(args);
+        let out = self.run_bundle(id, &bundle);
         (out, bundle)
     }
 
@@ -303,14 +308,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     .push(format!("BYTES={bytes}").into());
                 bundle.config = config;
                 bundle.write();
-                let out = husk.husk(&[
-                    "--isolation",
-                    "vm",
-                    "run",
-                    "--bundle",
-                    bundle.path().to_str().unwrap(),
-                    &id,
-                ]);
+                let out = husk.run_bundle(&id, &bundle);
                 husk.expect(out.code == want && (want != 0 || out.stdout.contains("survived 1000000")), || {
                     format!("allocating {bytes} bytes under a 32 MiB limit: want exit {want}, got {out:?}")
                 })?;
@@ -336,14 +334,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 "cpu": { "quota": 200000, "period": 100000 }
             });
             bundle.write();
-            let out = husk.husk(&[
-                "--isolation",
-                "vm",
-                "run",
-                "--bundle",
-                bundle.path().to_str().unwrap(),
-                &id,
-            ]);
+            let out = husk.run_bundle(&id, &bundle);
             let mem_kib: u64 = out
                 .stdout
                 .split_whitespace()
@@ -807,14 +798,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     "source": ro, "options": ["rbind", "ro"]}),
             ]);
             bundle.write();
-            let out = husk.husk(&[
-                "--isolation",
-                "vm",
-                "run",
-                "--bundle",
-                bundle.path().to_str().unwrap(),
-                &id,
-            ]);
+            let out = husk.run_bundle(&id, &bundle);
             let written = std::fs::read_to_string(data.join("out.txt")).unwrap_or_default();
             husk.expect(
                 out.code == 0
@@ -845,14 +829,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     "createRuntime": [record("createRuntime")]
                 });
                 bundle.write();
-                let out = husk.husk(&[
-                    "--isolation",
-                    "vm",
-                    "run",
-                    "--bundle",
-                    bundle.path().to_str().unwrap(),
-                    &id,
-                ]);
+                let out = husk.run_bundle(&id, &bundle);
                 let log = std::fs::read_to_string(&seen).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 husk.expect(
@@ -874,14 +851,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     "prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]
                 });
                 bundle.write();
-                let out = husk.husk(&[
-                    "--isolation",
-                    "vm",
-                    "run",
-                    "--bundle",
-                    bundle.path().to_str().unwrap(),
-                    &id,
-                ]);
+                let out = husk.run_bundle(&id, &bundle);
                 husk.expect(
                     out.code != 0
                         && out.stderr.contains("prestart hook /bin/sh failed")
