@@ -1,10 +1,10 @@
 //! The pod's network in the guest: the host carries each interface of the
 //! container's network namespace in as a virtio-net device with the same MAC; this
-//! module checks what the host sent and configures the devices (name, MTU, IPv4
-//! addresses, routes) in the guest's network namespace, where the sandbox's
+//! module checks what the host sent and configures the devices (name, MTU, IPv4 and
+//! IPv6 addresses, routes) in the guest's network namespace, where the sandbox's
 //! containers run.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use husk_agent_protocol::agent as pb;
 use husk_netlink::{Address, Netlink, NetlinkError, Route};
@@ -30,15 +30,16 @@ pub struct Interface {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: Option<u32>,
-    pub addresses: Vec<(Ipv4Addr, u8)>,
+    pub addresses: Vec<(IpAddr, u8)>,
 }
 
 /// A route to add, checked; `interface` indexes [`Plan::interfaces`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedRoute {
-    pub destination: Option<(Ipv4Addr, u8)>,
-    pub gateway: Option<Ipv4Addr>,
+    pub destination: Option<(IpAddr, u8)>,
+    pub gateway: Option<IpAddr>,
     pub interface: usize,
+    pub ipv6: bool,
 }
 
 /// A checked ConfigureNetwork request.
@@ -68,21 +69,42 @@ fn check_name(name: &str) -> Result<(), NetworkError> {
     }
 }
 
-fn parse_ip(text: &str) -> Result<Ipv4Addr, NetworkError> {
+fn parse_ip(text: &str) -> Result<IpAddr, NetworkError> {
     text.parse()
-        .map_err(|_| invalid(format!("IPv4 address {text:?}")))
+        .map_err(|_| invalid(format!("IP address {text:?}")))
 }
 
-fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), NetworkError> {
+/// The longest prefix of `ip`'s family.
+fn max_prefix(ip: &IpAddr) -> u32 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// An address or destination the guest may be given: not loopback, not multicast,
+/// not unspecified (a destination may be 0.0.0.0/0 or ::/0 written out), and no
+/// IPv6 link-local address (the guest makes its own from the MAC).
+fn check_unicast(ip: &IpAddr, what: &str) -> Result<(), NetworkError> {
+    let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    if ip.is_loopback() || ip.is_multicast() || link_local {
+        return Err(invalid(format!("{what} {ip}")));
+    }
+    Ok(())
+}
+
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8), NetworkError> {
     let (ip, prefix) = text
         .split_once('/')
-        .ok_or_else(|| invalid(format!("destination {text:?} (want a.b.c.d/n)")))?;
+        .ok_or_else(|| invalid(format!("destination {text:?} (want address/prefix)")))?;
+    let ip = parse_ip(ip)?;
     let prefix: u8 = prefix
         .parse()
         .ok()
-        .filter(|p| *p <= 32)
+        .filter(|p| u32::from(*p) <= max_prefix(&ip))
         .ok_or_else(|| invalid(format!("prefix length in {text:?}")))?;
-    Ok((parse_ip(ip)?, prefix))
+    Ok((ip, prefix))
 }
 
 /// Checks everything in the request before anything is changed.
@@ -121,10 +143,15 @@ pub fn plan(request: &pb::ConfigureNetworkRequest) -> Result<Plan, NetworkError>
         }
         let mut addresses = Vec::with_capacity(i.addresses.len());
         for a in &i.addresses {
-            if a.prefix_len > 32 {
-                return Err(invalid(format!("prefix length {}", a.prefix_len)));
+            let ip = parse_ip(&a.address)?;
+            if a.prefix_len > max_prefix(&ip) {
+                return Err(invalid(format!("prefix length {} of {ip}", a.prefix_len)));
             }
-            addresses.push((parse_ip(&a.address)?, a.prefix_len as u8));
+            check_unicast(&ip, "address")?;
+            if ip.is_unspecified() {
+                return Err(invalid(format!("address {ip}")));
+            }
+            addresses.push((ip, a.prefix_len as u8));
         }
         if interfaces.iter().any(|o| o.name == i.name || o.mac == mac) {
             return Err(invalid(format!(
@@ -154,6 +181,22 @@ pub fn plan(request: &pb::ConfigureNetworkRequest) -> Result<Plan, NetworkError>
         if destination.is_none() && gateway.is_none() {
             return Err(invalid("a default route needs a gateway"));
         }
+        if let Some((ip, _)) = &destination {
+            if !ip.is_unspecified() {
+                check_unicast(ip, "route destination")?;
+            }
+        }
+        let families: Vec<bool> = destination
+            .iter()
+            .map(|(ip, _)| ip.is_ipv6())
+            .chain(gateway.iter().map(IpAddr::is_ipv6))
+            .collect();
+        if families.iter().any(|v6| *v6 != r.ipv6) {
+            return Err(invalid(format!(
+                "route {:?} via {:?}: addresses of another family than the route's",
+                r.destination, r.gateway
+            )));
+        }
         let interface = interfaces
             .iter()
             .position(|i| i.name == r.interface)
@@ -162,6 +205,7 @@ pub fn plan(request: &pb::ConfigureNetworkRequest) -> Result<Plan, NetworkError>
             destination,
             gateway,
             interface,
+            ipv6: r.ipv6,
         });
     }
     Ok(Plan { interfaces, routes })
@@ -204,6 +248,7 @@ pub fn apply(plan: &Plan) -> Result<(), NetworkError> {
             gateway: route.gateway,
             link: Some(indices[route.interface]),
             kernel_made: false,
+            ipv6: route.ipv6,
         });
         match result {
             // The kernel already made this subnet's route for an address.
@@ -232,7 +277,7 @@ mod tests {
             i.mac = mac.to_string();
             i.mtu = *mtu;
             for (ip, prefix) in *addresses {
-                let mut a = pb::IPv4Address::new();
+                let mut a = pb::IPAddress::new();
                 a.address = ip.to_string();
                 a.prefix_len = *prefix;
                 i.addresses.push(a);
@@ -244,6 +289,7 @@ mod tests {
             route.destination = destination.to_string();
             route.gateway = gateway.to_string();
             route.interface = interface.to_string();
+            route.ipv6 = destination.contains(':') || gateway.contains(':');
             r.routes.push(route);
         }
         r
@@ -261,7 +307,35 @@ mod tests {
         assert_eq!(plan.routes[0].destination, None);
         assert_eq!(
             plan.routes[1].destination,
-            Some((Ipv4Addr::new(10, 9, 0, 0), 24))
+            Some((IpAddr::from([10, 9, 0, 0]), 24))
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_network_is_planned() {
+        let plan = plan(&request(
+            &[(
+                "eth0",
+                "02:42:ac:11:00:02",
+                1500,
+                &[("172.17.0.2", 16), ("fd00:77::2", 64)],
+            )],
+            &[
+                ("", "172.17.0.1", "eth0"),
+                ("", "fd00:77::1", "eth0"),
+                ("fd00:99::/48", "", "eth0"),
+            ],
+        ))
+        .expect("valid");
+        assert_eq!(
+            plan.interfaces[0].addresses[1],
+            ("fd00:77::2".parse().unwrap(), 64)
+        );
+        assert!(!plan.routes[0].ipv6);
+        assert!(plan.routes[1].ipv6 && plan.routes[2].ipv6);
+        assert_eq!(
+            plan.routes[2].destination,
+            Some(("fd00:99::".parse().unwrap(), 48))
         );
     }
 
@@ -279,6 +353,15 @@ mod tests {
             request(&[("eth0", mac, 70000, &[])], &[]),
             request(&[("eth0", mac, 0, &[("10.0.0.1", 33)])], &[]),
             request(&[("eth0", mac, 0, &[("fe80::1", 64)])], &[]),
+            request(&[("eth0", mac, 0, &[("fd00::1", 129)])], &[]),
+            request(&[("eth0", mac, 0, &[("::1", 128)])], &[]),
+            request(&[("eth0", mac, 0, &[("ff02::1", 64)])], &[]),
+            request(&[("eth0", mac, 0, &[("127.0.0.2", 8)])], &[]),
+            request(&[("eth0", mac, 0, &[("0.0.0.0", 8)])], &[]),
+            request(
+                &[("eth0", mac, 0, &[])],
+                &[("fd00::/64", "10.0.0.1", "eth0")],
+            ),
             request(
                 &[("eth0", mac, 0, &[]), ("eth0", "02:00:00:00:00:02", 0, &[])],
                 &[],

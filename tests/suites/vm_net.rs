@@ -5,7 +5,7 @@
 //! the agent gives the guest device the same addresses and routes.
 //!
 //! Every address here lives in namespaces the suite creates and removes itself
-//! (10.77.0.0/16); nothing touches the host's network.
+//! (10.77.0.0/16, fd77::/16); nothing touches the host's network.
 //!
 //! Needs: root, iproute2, busybox-static, qemu-system-x86 and the guest artifacts
 //! (`make -s guest-artifacts`). A failing test prints husk's debug log, which holds
@@ -128,6 +128,23 @@ impl<'a> Husk<'a> {
     }
 }
 
+/// The EUI-64 link-local address (fe80::/64) Linux makes from a MAC, as `ip`
+/// prints it.
+fn eui64_link_local(mac: &str) -> String {
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).expect("a MAC"))
+        .collect();
+    let groups = [
+        u16::from_be_bytes([b[0] ^ 0x02, b[1]]),
+        u16::from_be_bytes([b[2], 0xff]),
+        u16::from_be_bytes([0xfe, b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+    ];
+    let ip = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, groups[0], groups[1], groups[2], groups[3]);
+    format!("{ip}/64")
+}
+
 /// A busybox httpd serving `body` in namespace `ns` on port 8080; killed on drop.
 struct Httpd {
     child: Option<Background>,
@@ -239,6 +256,84 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 format!(
                     "failed: {failed:?}; container output:\n{out}\npeer's request: {from_peer:?}"
                 )
+            })?;
+            husk.expect_detached(&pod)
+        }),
+        ("dual_stack_ipv6_addresses_and_routes_are_carried", |env| {
+            // The CNI plugin gave eth0 an IPv6 address too, a default IPv6 route and
+            // one more IPv6 prefix route: the guest gets them all (its link-local
+            // address it makes itself, from the same MAC), and reaches the peer
+            // over IPv6 with ping and TCP.
+            let husk = Husk::new(env);
+            let pod = Netns::new("v6");
+            let peer = Netns::new("v6p");
+            veth(
+                &pod,
+                "eth0",
+                "10.77.5.2/24",
+                &peer,
+                "veth-p",
+                "10.77.5.1/24",
+                1500,
+            );
+            for (ns, link, address) in [
+                (&pod, "eth0", "fd77:5::2/64"),
+                (&peer, "veth-p", "fd77:5::1/64"),
+            ] {
+                ip(&[
+                    "-n", &ns.name, "-6", "addr", "add", address, "dev", link, "nodad",
+                ]);
+            }
+            ip(&[
+                "-n",
+                &pod.name,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd77:5::1",
+            ]);
+            ip(&[
+                "-n",
+                &pod.name,
+                "-6",
+                "route",
+                "add",
+                "fd77:99::/48",
+                "dev",
+                "eth0",
+            ]);
+            let _httpd = Httpd::start(&peer, "from-peer-v6");
+            let bundle = husk.bundle(
+                Some(&pod),
+                "ip -6 -o addr show dev eth0; ip -6 route; \
+                 ping -6 -c 2 -W 5 fd77:5::1 | grep -o '2 packets received'; \
+                 for i in 1 2 3 4 5; do get fd77:5::1 8080 | grep from- && break; sleep 1; done",
+            );
+            let out = husk.run("net-v6", &bundle);
+            let guest_link_local = format!("inet6 {}", eui64_link_local(&pod.mac("eth0")));
+            let checks = [
+                ("exit 0", out.code == 0),
+                (
+                    "address fd77:5::2/64",
+                    out.stdout.contains("inet6 fd77:5::2/64"),
+                ),
+                (
+                    "its own link-local address",
+                    out.stdout.contains(&guest_link_local),
+                ),
+                (
+                    "default route",
+                    out.stdout.contains("default via fd77:5::1"),
+                ),
+                ("prefix route", out.stdout.contains("fd77:99::/48")),
+                ("ping", out.stdout.contains("2 packets received")),
+                ("TCP to the peer", out.stdout.contains("from-peer-v6")),
+            ];
+            let failed: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+            husk.expect(failed.is_empty(), || {
+                format!("failed: {failed:?}; want {guest_link_local}; {out:?}")
             })?;
             husk.expect_detached(&pod)
         }),

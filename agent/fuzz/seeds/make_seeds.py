@@ -78,6 +78,13 @@ def main():
             (1, msg((1, "eth0"), (2, "02:42:ac:11:00:02"), (3, 1500),
                     (4, msg((1, "172.17.0.2"), (2, 16))))),
             (2, msg((2, "172.17.0.1"), (3, "eth0"))))),
+        "network-dual-stack": ("ConfigureNetwork", msg(
+            (1, msg((1, "eth0"), (2, "02:42:ac:11:00:02"), (3, 1500),
+                    (4, msg((1, "172.17.0.2"), (2, 16))),
+                    (4, msg((1, "fd00:77::2"), (2, 64))))),
+            (2, msg((2, "172.17.0.1"), (3, "eth0"))),
+            (2, msg((2, "fd00:77::1"), (3, "eth0"), (4, True))),
+            (2, msg((1, "fd00:99::/48"), (3, "eth0"), (4, True))))),
     }
     write("request_decode", {name: bytes([RPCS.index(rpc)]) + payload
                              for name, (rpc, payload) in requests.items()})

@@ -42,7 +42,7 @@ pub mod agent_ttrpc {
 pub mod hybrid_vsock;
 
 /// Bumped when a change to `agent.proto` needs both sides updated.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The guest vsock port the agent serves its API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

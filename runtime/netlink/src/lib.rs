@@ -8,6 +8,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use netlink_packet_route::address::AddressFlags;
+
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
@@ -77,20 +79,29 @@ impl Link {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Address {
     pub link: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub prefix_len: u8,
+}
+
+impl Address {
+    /// An IPv6 link-local address (fe80::/10): every IPv6 interface makes its own
+    /// from its MAC, so it is never carried.
+    pub fn is_link_local(&self) -> bool {
+        matches!(self.ip, IpAddr::V6(ip) if ip.segments()[0] & 0xffc0 == 0xfe80)
+    }
 }
 
 /// An IPv4 unicast route of the main table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    /// None for the default route.
-    pub destination: Option<(Ipv4Addr, u8)>,
-    pub gateway: Option<Ipv4Addr>,
+    pub destination: Option<(IpAddr, u8)>,
+    pub gateway: Option<IpAddr>,
     pub link: Option<u32>,
-    /// Routes the kernel made for an address (`proto kernel`): recreated in the guest
-    /// when the address is added, so callers skip them.
+    /// The kernel made it (an address's prefix route, IPv6's fe80::/64).
     pub kernel_made: bool,
+    /// IPv6 (else IPv4): a default route has neither destination nor, without a
+    /// gateway, an address to tell.
+    pub ipv6: bool,
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
@@ -230,10 +241,10 @@ impl Netlink {
             .ok_or(NetlinkError::NoSuchLink(index))
     }
 
-    /// Every IPv4 address of the namespace.
+    /// Every IPv4 and IPv6 address of the namespace.
     pub fn addresses(&mut self) -> Result<Vec<Address>, NetlinkError> {
         let mut request = AddressMessage::default();
-        request.header.family = AddressFamily::Inet;
+        request.header.family = AddressFamily::Unspec;
         let replies = self.request(
             "list addresses",
             RouteNetlinkMessage::GetAddress(request),
@@ -243,13 +254,16 @@ impl Netlink {
             .into_iter()
             .filter_map(|reply| match reply {
                 RouteNetlinkMessage::NewAddress(a) => {
+                    // IPv4 names the interface's own address IFA_LOCAL (IFA_ADDRESS
+                    // is the peer's on point-to-point links); IPv6 has only
+                    // IFA_ADDRESS.
                     let ip = a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                        AddressAttribute::Local(ip) => Some(*ip),
                         _ => None,
                     });
                     let ip = ip.or_else(|| {
                         a.attributes.iter().find_map(|attr| match attr {
-                            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                            AddressAttribute::Address(ip) => Some(*ip),
                             _ => None,
                         })
                     })?;
@@ -264,10 +278,10 @@ impl Netlink {
             .collect())
     }
 
-    /// The IPv4 unicast routes of the main table.
+    /// The IPv4 and IPv6 unicast routes of the main table.
     pub fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
         let mut request = RouteMessage::default();
-        request.header.address_family = AddressFamily::Inet;
+        request.header.address_family = AddressFamily::Unspec;
         let replies = self.request(
             "list routes",
             RouteNetlinkMessage::GetRoute(request),
@@ -286,6 +300,11 @@ impl Netlink {
                     _ => None,
                 })
                 .unwrap_or(u32::from(r.header.table));
+            let ipv6 = match r.header.address_family {
+                AddressFamily::Inet => false,
+                AddressFamily::Inet6 => true,
+                _ => continue,
+            };
             if table != u32::from(RouteHeader::RT_TABLE_MAIN) || r.header.kind != RouteType::Unicast
             {
                 continue;
@@ -295,13 +314,20 @@ impl Netlink {
                 gateway: None,
                 link: None,
                 kernel_made: r.header.protocol == RouteProtocol::Kernel,
+                ipv6,
+            };
+            let ip = |address: &RouteAddress| match address {
+                RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+                RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+                _ => None,
             };
             for attribute in &r.attributes {
                 match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-                        route.destination = Some((*ip, r.header.destination_prefix_length));
+                    RouteAttribute::Destination(address) => {
+                        route.destination =
+                            ip(address).map(|ip| (ip, r.header.destination_prefix_length));
                     }
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(*ip),
+                    RouteAttribute::Gateway(address) => route.gateway = ip(address),
                     RouteAttribute::Oif(index) => route.link = Some(*index),
                     _ => {}
                 }
@@ -351,21 +377,36 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds an IPv4 address to a link.
+    /// Adds an address to a link. An IPv6 one skips duplicate address detection
+    /// (it is the engine's, already checked on its network), so it is usable at once.
     pub fn add_address(&mut self, address: Address) -> Result<(), NetlinkError> {
         let mut message = AddressMessage::default();
-        message.header.family = AddressFamily::Inet;
         message.header.prefix_len = address.prefix_len;
         message.header.index = address.link;
-        let ip = IpAddr::V4(address.ip);
-        message.attributes.push(AddressAttribute::Local(ip));
-        message.attributes.push(AddressAttribute::Address(ip));
-        if address.prefix_len < 31 {
-            let host_bits = 32 - u32::from(address.prefix_len);
-            let broadcast = u32::from(address.ip) | ((1u32 << host_bits) - 1);
-            message
-                .attributes
-                .push(AddressAttribute::Broadcast(Ipv4Addr::from(broadcast)));
+        match address.ip {
+            IpAddr::V4(ip) => {
+                message.header.family = AddressFamily::Inet;
+                message.attributes.push(AddressAttribute::Local(address.ip));
+                message
+                    .attributes
+                    .push(AddressAttribute::Address(address.ip));
+                if address.prefix_len < 31 {
+                    let host_bits = 32 - u32::from(address.prefix_len);
+                    let broadcast = u32::from(ip) | ((1u32 << host_bits) - 1);
+                    message
+                        .attributes
+                        .push(AddressAttribute::Broadcast(Ipv4Addr::from(broadcast)));
+                }
+            }
+            IpAddr::V6(_) => {
+                message.header.family = AddressFamily::Inet6;
+                message
+                    .attributes
+                    .push(AddressAttribute::Address(address.ip));
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
         self.request(
             &format!(
@@ -378,14 +419,19 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds an IPv4 route to the main table.
+    /// Adds a route to the main table (IPv6 when `route.ipv6`; its destination and
+    /// gateway must be of the same family).
     pub fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
         let mut message = RouteMessage::default();
-        message.header.address_family = AddressFamily::Inet;
+        message.header.address_family = if route.ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
         message.header.table = RouteHeader::RT_TABLE_MAIN;
         message.header.protocol = RouteProtocol::Boot;
         message.header.kind = RouteType::Unicast;
-        message.header.scope = if route.gateway.is_some() {
+        message.header.scope = if route.gateway.is_some() || route.ipv6 {
             RouteScope::Universe
         } else {
             RouteScope::Link
@@ -394,18 +440,19 @@ impl Netlink {
             message.header.destination_prefix_length = prefix;
             message
                 .attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(ip)));
+                .push(RouteAttribute::Destination(RouteAddress::from(ip)));
         }
         if let Some(gateway) = route.gateway {
             message
                 .attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+                .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
         }
         if let Some(link) = route.link {
             message.attributes.push(RouteAttribute::Oif(link));
         }
         let describe = match route.destination {
             Some((ip, prefix)) => format!("{ip}/{prefix}"),
+            None if route.ipv6 => "default (IPv6)".into(),
             None => "default".into(),
         };
         self.request(

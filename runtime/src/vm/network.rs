@@ -3,7 +3,8 @@
 //! in the namespace, a tap device is created in that namespace, `tc` redirects every
 //! frame arriving on the interface to the tap and back, the VMM gets the tap as a
 //! virtio-net device, and the agent gives the guest device the interface's MAC,
-//! MTU, IPv4 addresses and routes. The interface keeps its address on the host; the
+//! MTU, IPv4 and IPv6 addresses (not IPv6 link-local ones: the guest makes the same
+//! from the MAC) and routes. The interface keeps its address on the host; the
 //! host stack never sees its traffic (the redirect steals it at ingress).
 //!
 //! The taps are not persistent: they vanish when the last process holding them (the
@@ -245,8 +246,11 @@ pub fn attach(namespace: &Path, record_in: &Path) -> Result<Attachment, NetworkE
                 interface.name = link.name.clone();
                 interface.mac = husk_netlink::format_mac(&mac);
                 interface.mtu = link.mtu;
-                for address in addresses.iter().filter(|a| a.link == link.index) {
-                    let mut a = pb::IPv4Address::new();
+                for address in addresses
+                    .iter()
+                    .filter(|a| a.link == link.index && !a.is_link_local())
+                {
+                    let mut a = pb::IPAddress::new();
                     a.address = address.ip.to_string();
                     a.prefix_len = address.prefix_len.into();
                     interface.addresses.push(a);
@@ -263,6 +267,7 @@ pub fn attach(namespace: &Path, record_in: &Path) -> Result<Attachment, NetworkE
                         .unwrap_or_default();
                     r.gateway = route.gateway.map(|g| g.to_string()).unwrap_or_default();
                     r.interface = link.name.clone();
+                    r.ipv6 = route.ipv6;
                     attachment.request.routes.push(r);
                 }
             }
