@@ -52,6 +52,23 @@ pub struct Process {
     pub exec_spec: Option<Vec<u8>>,
     inner: Mutex<Inner>,
     exited: Condvar,
+    /// Our own writer on containerd's stdin fifo (see [`Process::relay`]).
+    stdin_holder: Mutex<StdinHolder>,
+}
+
+/// The shim's own write end of the stdin fifo, as containerd's runc shim keeps one:
+/// while it is open, the relay's reader cannot see end-of-file when the client's
+/// writer comes and goes; CloseIO drops it, and the reader then forwards what is
+/// still buffered in the fifo before it sees end-of-file and closes the guest
+/// process's stdin. Closing the guest's stdin straight from CloseIO would race the
+/// data still in the fifo (`echo x | ctr run …` lost its line that way).
+enum StdinHolder {
+    NotStarted,
+    /// Held only to keep the fifo open; never written.
+    Open {
+        _writer: File,
+    },
+    Closed,
 }
 
 impl Process {
@@ -71,7 +88,15 @@ impl Process {
                 exit: None,
             }),
             exited: Condvar::new(),
+            stdin_holder: Mutex::new(StdinHolder::NotStarted),
         }
+    }
+
+    /// CloseIO for stdin: the relay closes the guest process's stdin once it has
+    /// forwarded everything the client wrote (see [`StdinHolder`]).
+    pub fn close_stdin_when_drained(&self) {
+        let mut holder = self.stdin_holder.lock().expect("stdin lock");
+        *holder = StdinHolder::Closed;
     }
 
     pub fn status(&self) -> Status {
@@ -144,14 +169,17 @@ impl Process {
             });
         }
         if !self.stdio.stdin.is_empty() {
-            let agent = agent.clone();
-            let path = self.stdio.stdin.clone();
-            let (id, exec) = (self.guest_container.clone(), self.guest_exec.clone());
-            // Opening blocks until containerd's side opens it; never joined.
-            std::thread::spawn(move || match File::open(&path) {
-                Ok(input) => copy_input(&agent, &id, &exec, input),
-                Err(e) => tracing::warn!(path, error = %e, "cannot open the stdin fifo"),
-            });
+            match self.open_stdin() {
+                Ok(input) => {
+                    let agent = agent.clone();
+                    let (id, exec) = (self.guest_container.clone(), self.guest_exec.clone());
+                    // Reads until every writer is gone; never joined.
+                    std::thread::spawn(move || copy_input(&agent, &id, &exec, input));
+                }
+                Err(e) => {
+                    tracing::warn!(path = self.stdio.stdin, error = %e, "cannot open the stdin fifo")
+                }
+            }
         }
         let agent = agent.clone();
         let (id, exec) = (self.guest_container.clone(), self.guest_exec.clone());
@@ -175,6 +203,36 @@ impl Process {
             }
             on_exit(status);
         });
+    }
+}
+
+impl Process {
+    /// Opens the stdin fifo for reading (blocking reads) and, unless CloseIO came
+    /// first, keeps a writer of our own on it.
+    fn open_stdin(&self) -> std::io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking open: a reader must not wait for a writer; then our writer's
+        // open cannot fail with ENXIO.
+        let input = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.stdio.stdin)?;
+        let mut holder = self.stdin_holder.lock().expect("stdin lock");
+        if matches!(*holder, StdinHolder::NotStarted) {
+            let writer = File::options()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.stdio.stdin)?;
+            *holder = StdinHolder::Open { _writer: writer };
+        }
+        drop(holder);
+        use std::os::fd::AsRawFd;
+        let fd = input.as_raw_fd();
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let mut flags = nix::fcntl::OFlag::from_bits_retain(flags);
+        flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(input)
     }
 }
 

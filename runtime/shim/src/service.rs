@@ -735,9 +735,14 @@ impl Task for TaskService {
         if req.stdin {
             let (agent, p) =
                 self.with_container(&req.id, |c| Ok((c.agent.clone(), c.process(&req.exec_id)?)))?;
-            if p.status() != Status::Stopped {
-                process::close_stdin(&agent, &p.guest_container, &p.guest_exec)
-                    .map_err(agent_failed("CloseStdin"))?;
+            if p.stdio.stdin.is_empty() {
+                if p.status() != Status::Stopped {
+                    process::close_stdin(&agent, &p.guest_container, &p.guest_exec)
+                        .map_err(agent_failed("CloseStdin"))?;
+                }
+            } else {
+                // The relay closes it once the fifo is drained.
+                p.close_stdin_when_drained();
             }
         }
         Ok(Empty::new())
