@@ -128,6 +128,23 @@ impl<'a> Husk<'a> {
     }
 }
 
+/// A pod namespace `<tag>` whose eth0 (10.77.`subnet`.2/24) is a veth to veth-p
+/// (10.77.`subnet`.1/24) in a peer namespace `<tag>p`, as a CNI plugin would wire it.
+fn pod_with_peer(tag: &str, subnet: u8, mtu: u32) -> (Netns, Netns) {
+    let pod = Netns::new(tag);
+    let peer = Netns::new(&format!("{tag}p"));
+    veth(
+        &pod,
+        "eth0",
+        &format!("10.77.{subnet}.2/24"),
+        &peer,
+        "veth-p",
+        &format!("10.77.{subnet}.1/24"),
+        mtu,
+    );
+    (pod, peer)
+}
+
 /// The EUI-64 link-local address (fe80::/64) Linux makes from a MAC, as `ip`
 /// prints it.
 fn eui64_link_local(mac: &str) -> String {
@@ -188,17 +205,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
     vec![
         ("a_vm_container_reaches_its_peer_and_is_reached", |env| {
             let husk = Husk::new(env);
-            let pod = Netns::new("pod");
-            let peer = Netns::new("peer");
-            veth(
-                &pod,
-                "eth0",
-                "10.77.1.2/24",
-                &peer,
-                "veth-p",
-                "10.77.1.1/24",
-                1400,
-            );
+            let (pod, peer) = pod_with_peer("pod", 1, 1400);
             ip(&[
                 "-n",
                 &pod.name,
@@ -265,17 +272,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             // address it makes itself, from the same MAC), and reaches the peer
             // over IPv6 with ping and TCP.
             let husk = Husk::new(env);
-            let pod = Netns::new("v6");
-            let peer = Netns::new("v6p");
-            veth(
-                &pod,
-                "eth0",
-                "10.77.5.2/24",
-                &peer,
-                "veth-p",
-                "10.77.5.1/24",
-                1500,
-            );
+            let (pod, peer) = pod_with_peer("v6", 5, 1500);
             for (ns, link, address) in [
                 (&pod, "eth0", "fd77:5::2/64"),
                 (&peer, "veth-p", "fd77:5::1/64"),
@@ -428,17 +425,7 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
         }),
         ("kill_9_of_the_supervisor_then_delete_detaches", |env| {
             let husk = Husk::new(env);
-            let pod = Netns::new("k9");
-            let peer = Netns::new("k9p");
-            veth(
-                &pod,
-                "eth0",
-                "10.77.4.2/24",
-                &peer,
-                "veth-p",
-                "10.77.4.1/24",
-                1500,
-            );
+            let (pod, _peer) = pod_with_peer("k9", 4, 1500);
             let bundle = husk.bundle(Some(&pod), "echo ready; sleep 300");
             let out_path = husk.dir.path().join("k9.out");
             let pid_file = husk.dir.path().join("k9.pid");
