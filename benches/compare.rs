@@ -22,7 +22,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use husk_benches::{
-    hide_unified_cgroup_mount, median, output_dir, p90, tree_pss_kb, vm_backend, Runtime,
+    hide_unified_cgroup_mount, husk_runtimes, median, output_dir, p90, tree_pss_kb, vm_backend,
+    Runtime,
 };
 use husk_e2e::engines::Dockerd;
 use husk_e2e::fixture::{Bundle, Rootfs};
@@ -211,18 +212,7 @@ fn main() {
     let idle = Bundle::new(rootfs.path(), &["sleep", "3600"]);
 
     // Direct runs.
-    let mut runtimes = vec![
-        Runtime::new(
-            "husk vm",
-            husk.clone(),
-            &["--isolation", "vm", "--config", &config],
-        ),
-        Runtime::new(
-            "husk container",
-            husk.clone(),
-            &["--isolation", "container"],
-        ),
-    ];
+    let mut runtimes = Vec::from(husk_runtimes(&husk, &config));
     for name in ["runc", "crun"] {
         match husk_e2e::which(name) {
             Some(program) => runtimes.push(Runtime::new(name, program, &[])),

@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use husk_benches::tcp_probe::{self, ProbeReport, ProbeServer};
-use husk_benches::{median, output_dir, vm_backend, Runtime};
+use husk_benches::{husk_runtimes, median, output_dir, vm_backend, Runtime};
 use husk_e2e::cmd;
 use husk_e2e::fixture::{Bundle, Rootfs};
 use husk_e2e::netns::{ip, veth, Netns};
@@ -338,19 +338,8 @@ fn bench() {
     let rootfs = Rootfs::busybox();
     install_client(rootfs.path());
 
-    let runtimes = [
-        Runtime::new(
-            "husk vm",
-            husk.clone(),
-            &["--isolation", "vm", "--config", &config],
-        ),
-        Runtime::new(
-            "husk container",
-            husk.clone(),
-            &["--isolation", "container"],
-        ),
-        Runtime::new("runc", runc, &[]),
-    ];
+    let [vm, container] = husk_runtimes(&husk, &config);
+    let runtimes = [vm, container, Runtime::new("runc", runc, &[])];
     let mut reports: Vec<Vec<ProbeReport>> = runtimes.iter().map(|_| Vec::new()).collect();
     // Round 0 is a warm-up (page cache, first VM boot), not counted.
     for round in 0..=rounds {

@@ -215,6 +215,23 @@ impl Runtime {
     }
 }
 
+/// husk in vm isolation (with the operator config `config`) and in container
+/// isolation, the pair every comparison starts from.
+pub fn husk_runtimes(husk: &Path, config: &str) -> [Runtime; 2] {
+    [
+        Runtime::new(
+            "husk vm",
+            husk.to_path_buf(),
+            &["--isolation", "vm", "--config", config],
+        ),
+        Runtime::new(
+            "husk container",
+            husk.to_path_buf(),
+            &["--isolation", "container"],
+        ),
+    ]
+}
+
 /// Which backend `auto` picks for vm isolation, from `husk check`'s report (it names
 /// QEMU's accelerator, e.g. "qemu with tcg" where KVM cannot run the guest).
 pub fn vm_backend(husk: &Path) -> String {

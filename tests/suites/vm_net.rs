@@ -281,26 +281,12 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     "-n", &ns.name, "-6", "addr", "add", address, "dev", link, "nodad",
                 ]);
             }
-            ip(&[
-                "-n",
-                &pod.name,
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "fd77:5::1",
-            ]);
-            ip(&[
-                "-n",
-                &pod.name,
-                "-6",
-                "route",
-                "add",
-                "fd77:99::/48",
-                "dev",
-                "eth0",
-            ]);
+            for route in [
+                ["default", "via", "fd77:5::1"],
+                ["fd77:99::/48", "dev", "eth0"],
+            ] {
+                ip(&[&["-n", &pod.name, "-6", "route", "add"][..], &route[..]].concat());
+            }
             let _httpd = Httpd::start(&peer, "from-peer-v6");
             let bundle = husk.bundle(
                 Some(&pod),
