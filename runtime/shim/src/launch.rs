@@ -18,7 +18,7 @@ use containerd_shim::api::DeleteResponse;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::Flags;
-use serde_json::Value;
+use husk_runtime::bundle::Bundle;
 
 use crate::pod::STATE_ROOT;
 
@@ -29,9 +29,6 @@ pub const SERVE_ACTION: &str = "serve";
 /// What `delete` reports for a task whose shim is gone (killed, as its VM was).
 const LOST_STATUS: u32 = 137;
 
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
 /// The bundle: `-bundle`, else the working directory containerd starts us in.
 pub fn bundle_dir(flags: &Flags) -> anyhow::Result<PathBuf> {
     if !flags.bundle.is_empty() {
@@ -40,23 +37,9 @@ pub fn bundle_dir(flags: &Flags) -> anyhow::Result<PathBuf> {
     std::env::current_dir().context("the working directory (the bundle)")
 }
 
-pub fn read_spec(bundle: &Path) -> anyhow::Result<Value> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))
-}
-
-/// The pod a container belongs to: CRI marks a pod's containers with the sandbox's
-/// id; the sandbox itself and a container without annotations are their own pod.
-pub fn pod_id(spec: &Value, id: &str) -> String {
-    let annotations = &spec["annotations"];
-    match (
-        annotations[CONTAINER_TYPE].as_str(),
-        annotations[SANDBOX_ID].as_str(),
-    ) {
-        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_string(),
-        _ => id.to_string(),
-    }
+/// The pod container `id` of `bundle` belongs to (see [`Bundle::pod_id`]).
+pub fn pod_id(bundle: &Path, id: &str) -> anyhow::Result<String> {
+    Ok(Bundle::load(bundle)?.pod_id(id))
 }
 
 /// The pod VM's state directory, distinct per containerd, namespace and pod, and
@@ -79,8 +62,7 @@ fn socket_path(address: &str) -> &str {
 /// `start`: prints the address of the pod's shim, spawning it for a new pod.
 pub fn start(flags: &Flags) -> anyhow::Result<()> {
     let bundle = bundle_dir(flags)?;
-    let spec = read_spec(&bundle)?;
-    let pod = pod_id(&spec, &flags.id);
+    let pod = pod_id(&bundle, &flags.id)?;
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &pod);
     let path = socket_path(&address);
     if UnixStream::connect(path).is_err() {
@@ -145,12 +127,17 @@ fn spawn_server(flags: &Flags, bundle: &Path, address: &str) -> anyhow::Result<(
 /// state dir with its mounts, the socket and the rootfs mount.
 pub fn delete(flags: &Flags) -> anyhow::Result<()> {
     let bundle = bundle_dir(flags)?;
-    if let Ok(spec) = read_spec(&bundle) {
-        let pod = pod_id(&spec, &flags.id);
+    if let Ok(pod) = pod_id(&bundle, &flags.id) {
         let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &pod);
         let path = socket_path(&address);
         if UnixStream::connect(path).is_err() {
-            remove_state(&state_dir(&flags.address, &flags.namespace, &pod));
+            let dir = state_dir(&flags.address, &flags.namespace, &pod);
+            if husk_runtime::vm::sandbox::is_sandbox_dir(&dir) {
+                // The sandbox's one teardown, from what it recorded.
+                if let Err(e) = husk_runtime::vm::sandbox::teardown_dir(&dir, &pod, true) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot tear the pod's sandbox down");
+                }
+            }
             let _ = std::fs::remove_file(path);
         }
     }
@@ -170,64 +157,9 @@ pub fn delete(flags: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unmounts everything under `dir`, then removes it — never recursing into a tree
-/// that is still mounted.
-fn remove_state(dir: &Path) {
-    if !dir.exists() {
-        return;
-    }
-    let mut mounts = mounts_under(dir);
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-    for m in &mounts {
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-    }
-    if mounts_under(dir).is_empty() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| m.starts_with(dir))
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn pods_group_by_cri_sandbox_id() {
-        let sandbox = json!({"annotations": {CONTAINER_TYPE: "sandbox", SANDBOX_ID: "pod1"}});
-        let member = json!({"annotations": {CONTAINER_TYPE: "container", SANDBOX_ID: "pod1"}});
-        let lone = json!({"ociVersion": "1.0.2"});
-        assert_eq!(pod_id(&sandbox, "pod1"), "pod1");
-        assert_eq!(pod_id(&member, "web"), "pod1");
-        assert_eq!(pod_id(&lone, "solo"), "solo");
-    }
 
     #[test]
     fn state_dirs_are_short_and_distinct() {
@@ -241,14 +173,5 @@ mod tests {
         assert_ne!(a, state_dir("/tmp/other.sock", "k8s.io", &"a".repeat(64)));
         // Leaves room for "/vhost-vsock.sock" within a unix socket path.
         assert!(a.as_os_str().len() < 40, "{}", a.display());
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(
-            unescape_mountinfo(r"/run/a\040b"),
-            PathBuf::from("/run/a b")
-        );
-        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
     }
 }

@@ -91,8 +91,7 @@ fn init_logging(flags: &Flags) {
 fn serve(flags: &Flags) -> anyhow::Result<()> {
     init_logging(flags);
     let bundle = launch::bundle_dir(flags)?;
-    let spec = launch::read_spec(&bundle)?;
-    let pod_id = launch::pod_id(&spec, &flags.id);
+    let pod_id = launch::pod_id(&bundle, &flags.id)?;
     let state_dir = launch::state_dir(&flags.address, &flags.namespace, &pod_id);
     tracing::info!(pod = %pod_id, state = %state_dir.display(), pid = std::process::id(), "shim serving");
     let ttrpc_address =

@@ -1,19 +1,16 @@
 //! One guest process as containerd sees it (a container's init or an exec): its
 //! status, its exit, and the relay between containerd's fifos and the guest agent.
 
+//!
+//! The relay itself is the runtime's ([`husk_runtime::vm::relay`]); the shim opens
+//! containerd's fifos and keeps the statuses containerd asks for.
+
 use std::fs::File;
-use std::io::{Read, Write};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use husk_agent_protocol::agent as pb;
-use husk_agent_protocol::agent_ttrpc::AgentClient;
-use husk_runtime::vm::relay::ctx;
-use husk_runtime::vm::sandbox::CALL_TIMEOUT;
-
-/// How long output still in flight gets after the process exited.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+use husk_runtime::vm::agent::{Agent, OutputStream, ProcessAddr};
+use husk_runtime::vm::relay;
 
 /// containerd's fifos for one process (empty paths: not connected).
 #[derive(Clone, Debug, Default)]
@@ -45,8 +42,7 @@ struct Inner {
 
 /// A guest process addressed by its container and exec id (empty for the init).
 pub struct Process {
-    pub guest_container: String,
-    pub guest_exec: String,
+    pub addr: ProcessAddr,
     pub stdio: Stdio,
     /// The OCI process (JSON) of an exec, sent with ExecProcess at start.
     pub exec_spec: Option<Vec<u8>>,
@@ -72,15 +68,9 @@ enum StdinHolder {
 }
 
 impl Process {
-    pub fn new(
-        guest_container: String,
-        guest_exec: String,
-        stdio: Stdio,
-        exec_spec: Option<Vec<u8>>,
-    ) -> Self {
+    pub fn new(addr: ProcessAddr, stdio: Stdio, exec_spec: Option<Vec<u8>>) -> Self {
         Self {
-            guest_container,
-            guest_exec,
+            addr,
             stdio,
             exec_spec,
             inner: Mutex::new(Inner {
@@ -145,62 +135,48 @@ impl Process {
     /// stdin fifo to it, and a thread that waits for its exit and then calls
     /// `on_exit` with the status (after the output drained, so `ctr run` prints all
     /// of it before it exits).
-    pub fn relay(&self, agent: &AgentClient, on_exit: Box<dyn FnOnce(i32) + Send>) {
+    pub fn relay(&self, agent: &Arc<dyn Agent>, on_exit: Box<dyn FnOnce(i32) + Send>) {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let mut outputs = 0;
-        let streams = [(false, &self.stdio.stdout), (true, &self.stdio.stderr)];
-        for (stderr, path) in streams {
-            if path.is_empty() || (stderr && self.stdio.terminal) {
+        let streams = [
+            (OutputStream::Stdout, &self.stdio.stdout),
+            (OutputStream::Stderr, &self.stdio.stderr),
+        ];
+        for (stream, path) in streams {
+            if path.is_empty() || (stream == OutputStream::Stderr && self.stdio.terminal) {
                 continue;
             }
-            let sink = match open_output(path) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(path, error = %e, "cannot open the output fifo");
-                    continue;
+            match open_output(path) {
+                Ok(sink) => {
+                    outputs += 1;
+                    relay::spawn_output_copy(agent, &self.addr, stream, sink, done_tx.clone());
                 }
-            };
-            outputs += 1;
-            let (agent, done) = (agent.clone(), done_tx.clone());
-            let (id, exec) = (self.guest_container.clone(), self.guest_exec.clone());
-            std::thread::spawn(move || {
-                copy_output(&agent, &id, &exec, stderr, sink);
-                let _ = done.send(());
-            });
+                Err(e) => tracing::warn!(path, error = %e, "cannot open the output fifo"),
+            }
         }
+        drop(done_tx);
         if !self.stdio.stdin.is_empty() {
             match self.open_stdin() {
                 Ok(input) => {
-                    let agent = agent.clone();
-                    let (id, exec) = (self.guest_container.clone(), self.guest_exec.clone());
+                    let (agent, addr) = (agent.clone(), self.addr.clone());
                     // Reads until every writer is gone; never joined.
-                    std::thread::spawn(move || copy_input(&agent, &id, &exec, input));
+                    std::thread::spawn(move || relay::copy_input(agent.as_ref(), &addr, input));
                 }
                 Err(e) => {
                     tracing::warn!(path = self.stdio.stdin, error = %e, "cannot open the stdin fifo")
                 }
             }
         }
-        let agent = agent.clone();
-        let (id, exec) = (self.guest_container.clone(), self.guest_exec.clone());
+        let (agent, addr) = (agent.clone(), self.addr.clone());
         std::thread::spawn(move || {
-            let mut w = pb::WaitProcessRequest::new();
-            w.container_id = id.clone();
-            w.exec_id = exec.clone();
-            let status = match agent.wait_process(ctx(None), &w) {
-                Ok(r) => r.status,
+            let status = match agent.wait_process(&addr) {
+                Ok(status) => status,
                 Err(e) => {
-                    tracing::warn!(id, exec, error = %e, "WaitProcess failed; reporting the process killed");
+                    tracing::warn!(?addr, error = %e, "WaitProcess failed; reporting the process killed");
                     husk_runtime::vm::supervisor::VM_LOST_STATUS
                 }
             };
-            let deadline = Instant::now() + DRAIN_GRACE;
-            for _ in 0..outputs {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if done_rx.recv_timeout(left).is_err() {
-                    break;
-                }
-            }
+            relay::wait_for_streams(&done_rx, outputs);
             on_exit(status);
         });
     }
@@ -240,70 +216,4 @@ impl Process {
 /// open never waits, and a reader that went away does not kill us with EPIPE).
 fn open_output(path: &str) -> std::io::Result<File> {
     File::options().read(true).write(true).open(path)
-}
-
-/// Closes the guest process's stdin.
-pub fn close_stdin(agent: &AgentClient, id: &str, exec: &str) -> Result<(), ttrpc::Error> {
-    let mut c = pb::CloseStdinRequest::new();
-    c.container_id = id.into();
-    c.exec_id = exec.into();
-    agent.close_stdin(ctx(Some(CALL_TIMEOUT)), &c).map(drop)
-}
-
-fn copy_input(agent: &AgentClient, id: &str, exec: &str, mut input: File) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        if n == 0 {
-            break;
-        }
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            let mut w = pb::WriteStreamRequest::new();
-            w.container_id = id.into();
-            w.exec_id = exec.into();
-            w.data = data.to_vec();
-            match agent.write_stdin(ctx(None), &w) {
-                Ok(r) if r.len > 0 => data = &data[(r.len as usize).min(data.len())..],
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "stdin relay ended");
-                    return;
-                }
-            }
-        }
-    }
-    if let Err(e) = close_stdin(agent, id, exec) {
-        tracing::debug!(error = %e, "CloseStdin");
-    }
-}
-
-fn copy_output(agent: &AgentClient, id: &str, exec: &str, stderr: bool, mut sink: File) {
-    loop {
-        let mut r = pb::ReadStreamRequest::new();
-        r.container_id = id.into();
-        r.exec_id = exec.into();
-        r.len = 64 * 1024;
-        let chunk = if stderr {
-            agent.read_stderr(ctx(None), &r)
-        } else {
-            agent.read_stdout(ctx(None), &r)
-        };
-        match chunk {
-            Ok(c) if !c.data.is_empty() => {
-                if sink.write_all(&c.data).is_err() {
-                    return;
-                }
-            }
-            Ok(_) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, stderr, "output relay ended");
-                return;
-            }
-        }
-    }
 }

@@ -26,16 +26,13 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api::Empty, ExitSignal, Task, TtrpcContext};
-use husk_agent_protocol::agent as pb;
-use husk_agent_protocol::agent_ttrpc::AgentClient;
+use husk_runtime::vm::agent::{Agent, AgentError, ProcessAddr};
 use husk_runtime::vm::guest_spec::guest_container_id;
-use husk_runtime::vm::relay::ctx;
-use husk_runtime::vm::sandbox::CALL_TIMEOUT;
 use husk_runtime::vm::supervisor::VM_LOST_STATUS;
 use ttrpc::Code;
 
 use crate::pod::{NewContainer, PodVm};
-use crate::process::{self, Process, Status, Stdio};
+use crate::process::{Process, Status, Stdio};
 
 /// How often the service checks that the pod's VMM is still alive.
 const VM_WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -46,14 +43,10 @@ fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
 }
 
-fn agent_failed(call: &str) -> impl FnOnce(ttrpc::Error) -> ttrpc::Error + '_ {
-    move |e| {
-        let message = match e {
-            ttrpc::Error::RpcStatus(s) => format!("agent {call}: {}", s.message),
-            other => format!("agent {call}: {other}"),
-        };
-        status(Code::INTERNAL, message)
-    }
+/// A failed agent call as the task API's answer (INTERNAL: containerd shows the
+/// message).
+fn agent_failed(e: AgentError) -> ttrpc::Error {
+    status(Code::INTERNAL, e.to_string())
 }
 
 /// Publishes task events to containerd.
@@ -84,7 +77,7 @@ impl Events {
 struct Container {
     bundle: PathBuf,
     guest_id: String,
-    agent: AgentClient,
+    agent: Arc<dyn Agent>,
     vmm_pid: u32,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
@@ -207,8 +200,7 @@ impl TaskService {
             terminal: req.terminal,
         };
         let init = Arc::new(Process::new(
-            created.guest_id.clone(),
-            String::new(),
+            ProcessAddr::init(&created.guest_id),
             stdio,
             None,
         ));
@@ -260,24 +252,10 @@ impl TaskService {
             ));
         }
         match &process.exec_spec {
-            None => {
-                let mut s = pb::StartContainerRequest::new();
-                s.container_id = process.guest_container.clone();
-                agent
-                    .start_container(ctx(Some(CALL_TIMEOUT)), &s)
-                    .map_err(agent_failed("StartContainer"))?;
-            }
-            Some(spec) => {
-                let mut e = pb::ExecProcessRequest::new();
-                e.container_id = process.guest_container.clone();
-                e.exec_id = process.guest_exec.clone();
-                e.process_json = spec.clone();
-                e.stdin = !process.stdio.stdin.is_empty();
-                agent
-                    .exec_process(ctx(Some(CALL_TIMEOUT)), &e)
-                    .map_err(agent_failed("ExecProcess"))?;
-            }
+            None => agent.start_container(&process.addr.container_id),
+            Some(spec) => agent.exec_process(&process.addr, spec, !process.stdio.stdin.is_empty()),
         }
+        .map_err(agent_failed)?;
         process.set_running();
         let (events, id, exec_id, p) = (
             self.events.clone(),
@@ -399,8 +377,7 @@ impl TaskService {
                 terminal: req.terminal,
             };
             let p = Process::new(
-                c.guest_id.clone(),
-                guest_container_id(&req.exec_id),
+                ProcessAddr::exec(&c.guest_id, &guest_container_id(&req.exec_id)),
                 stdio,
                 Some(spec),
             );
@@ -419,13 +396,8 @@ impl TaskService {
     }
 
     fn do_stats(&self, req: &StatsRequest) -> ttrpc::Result<StatsResponse> {
-        let (agent, guest_id) =
-            self.with_container(&req.id, |c| Ok((c.agent.clone(), c.guest_id.clone())))?;
-        let mut s = pb::StatsContainerRequest::new();
-        s.container_id = guest_id;
-        let stats = agent
-            .stats_container(ctx(Some(CALL_TIMEOUT)), &s)
-            .map_err(agent_failed("StatsContainer"))?;
+        let (agent, guest_id) = self.agent_of(&req.id)?;
+        let stats = agent.stats(&guest_id).map_err(agent_failed)?;
         let metrics = Metrics {
             pids: MessageField::some(PidsStat {
                 current: stats.pids_current,
@@ -461,17 +433,9 @@ impl TaskService {
         })
     }
 
-    fn container_call(
-        &self,
-        id: &str,
-        call: &'static str,
-        f: impl FnOnce(&AgentClient, pb::ContainerRequest) -> Result<(), ttrpc::Error>,
-    ) -> ttrpc::Result<()> {
-        let (agent, guest_id) =
-            self.with_container(id, |c| Ok((c.agent.clone(), c.guest_id.clone())))?;
-        let mut r = pb::ContainerRequest::new();
-        r.container_id = guest_id;
-        f(&agent, r).map_err(agent_failed(call))
+    /// The agent and guest id of a container.
+    fn agent_of(&self, id: &str) -> ttrpc::Result<(Arc<dyn Agent>, String)> {
+        self.with_container(id, |c| Ok((c.agent.clone(), c.guest_id.clone())))
     }
 }
 
@@ -633,16 +597,10 @@ impl Task for TaskService {
 
     fn pids(&self, ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         log_call(ctx, "Pids", &req.id);
-        let (agent, guest_id) =
-            self.with_container(&req.id, |c| Ok((c.agent.clone(), c.guest_id.clone())))?;
-        let mut r = pb::ContainerRequest::new();
-        r.container_id = guest_id;
-        let list = agent
-            .list_processes(ctx_call(), &r)
-            .map_err(agent_failed("ListProcesses"))?;
+        let (agent, guest_id) = self.agent_of(&req.id)?;
+        let list = agent.list_processes(&guest_id).map_err(agent_failed)?;
         Ok(PidsResponse {
             processes: list
-                .processes
                 .iter()
                 .map(|p| ProcessInfo {
                     pid: p.pid as u32,
@@ -655,9 +613,8 @@ impl Task for TaskService {
 
     fn pause(&self, ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
         log_call(ctx, "Pause", &req.id);
-        self.container_call(&req.id, "PauseContainer", |a, r| {
-            a.pause_container(ctx_call(), &r).map(drop)
-        })?;
+        let (agent, guest_id) = self.agent_of(&req.id)?;
+        agent.pause_container(&guest_id).map_err(agent_failed)?;
         self.with_container(&req.id, |c| {
             c.paused = true;
             Ok(())
@@ -674,9 +631,8 @@ impl Task for TaskService {
 
     fn resume(&self, ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
         log_call(ctx, "Resume", &req.id);
-        self.container_call(&req.id, "ResumeContainer", |a, r| {
-            a.resume_container(ctx_call(), &r).map(drop)
-        })?;
+        let (agent, guest_id) = self.agent_of(&req.id)?;
+        agent.resume_container(&guest_id).map_err(agent_failed)?;
         self.with_container(&req.id, |c| {
             c.paused = false;
             Ok(())
@@ -698,14 +654,15 @@ impl Task for TaskService {
         if p.status() == Status::Stopped {
             return Err(status(Code::NOT_FOUND, "process already finished"));
         }
-        let mut s = pb::SignalProcessRequest::new();
-        s.container_id = p.guest_container.clone();
-        s.exec_id = p.guest_exec.clone();
-        s.signal = req.signal;
-        s.all = req.all;
+        let signal = i32::try_from(req.signal).map_err(|_| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("invalid signal {}", req.signal),
+            )
+        })?;
         agent
-            .signal_process(ctx_call(), &s)
-            .map_err(agent_failed("SignalProcess"))?;
+            .signal_process(&p.addr, signal, req.all)
+            .map_err(agent_failed)?;
         Ok(Empty::new())
     }
 
@@ -719,14 +676,10 @@ impl Task for TaskService {
         log_call(ctx, "ResizePty", &req.id);
         let (agent, p) =
             self.with_container(&req.id, |c| Ok((c.agent.clone(), c.process(&req.exec_id)?)))?;
-        let mut r = pb::TtyWinResizeRequest::new();
-        r.container_id = p.guest_container.clone();
-        r.exec_id = p.guest_exec.clone();
-        r.row = req.height;
-        r.column = req.width;
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
         agent
-            .tty_win_resize(ctx_call(), &r)
-            .map_err(agent_failed("TtyWinResize"))?;
+            .resize_tty(&p.addr, clamp(req.height), clamp(req.width))
+            .map_err(agent_failed)?;
         Ok(Empty::new())
     }
 
@@ -737,8 +690,7 @@ impl Task for TaskService {
                 self.with_container(&req.id, |c| Ok((c.agent.clone(), c.process(&req.exec_id)?)))?;
             if p.stdio.stdin.is_empty() {
                 if p.status() != Status::Stopped {
-                    process::close_stdin(&agent, &p.guest_container, &p.guest_exec)
-                        .map_err(agent_failed("CloseStdin"))?;
+                    agent.close_stdin(&p.addr).map_err(agent_failed)?;
                 }
             } else {
                 // The relay closes it once the fifo is drained.
@@ -755,14 +707,10 @@ impl Task for TaskService {
             .as_ref()
             .map(|any| any.value.clone())
             .ok_or_else(|| status(Code::INVALID_ARGUMENT, "update without resources"))?;
-        let (agent, guest_id) =
-            self.with_container(&req.id, |c| Ok((c.agent.clone(), c.guest_id.clone())))?;
-        let mut u = pb::UpdateContainerRequest::new();
-        u.container_id = guest_id;
-        u.resources_json = resources;
+        let (agent, guest_id) = self.agent_of(&req.id)?;
         agent
-            .update_container(ctx_call(), &u)
-            .map_err(agent_failed("UpdateContainer"))?;
+            .update_resources(&guest_id, &resources)
+            .map_err(agent_failed)?;
         Ok(Empty::new())
     }
 
@@ -802,8 +750,4 @@ impl Task for TaskService {
         self.exit.signal();
         Ok(Empty::new())
     }
-}
-
-fn ctx_call() -> ttrpc::context::Context {
-    ctx(Some(CALL_TIMEOUT))
 }

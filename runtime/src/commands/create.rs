@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use husk_runtime::bundle::Bundle;
 use husk_runtime::container_id;
 use husk_runtime::isolation::{Isolation, IsolationDecision, IsolationPolicy};
 use husk_runtime::pidfile::write_pid_file;
@@ -11,7 +12,6 @@ use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
-use oci_spec::runtime::Spec;
 
 use super::GlobalOpts;
 
@@ -47,65 +47,36 @@ pub struct CreateArgs {
 }
 
 pub fn run(args: CreateArgs, global: &GlobalOpts) -> Result<()> {
-    create_container(&args.opts, global, None).map(|_| ())
+    let id = args.opts.container_id.as_str();
+    container_id::validate(id)?;
+    let bundle = load_bundle(&args.opts.bundle)?;
+    let decision = decide_isolation(id, &bundle, global)?;
+    create_container(&args.opts, global, &bundle, decision, None).map(|_| ())
 }
 
 /// What `create_container` made.
 pub type Created = Option<Container>;
 
-/// Loads and checks the bundle's config.json with errors a user can act on.
-pub fn load_bundle_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
-    let bundle = std::fs::canonicalize(bundle)
-        .with_context(|| format!("bundle directory {} cannot be used", bundle.display()))?;
-    let config_path = bundle.join("config.json");
-    let text = match std::fs::read_to_string(&config_path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            bail!("bundle {} has no config.json", bundle.display())
-        }
-        Err(err) => {
-            return Err(err).with_context(|| format!("cannot read {}", config_path.display()))
-        }
-    };
-    let spec: Spec = serde_json::from_str(&text)
-        .with_context(|| format!("malformed config.json in bundle {}", bundle.display()))?;
-    if !spec.version().starts_with("1.") {
-        bail!(
-            "config.json in bundle {} has ociVersion {:?}; husk supports 1.x",
-            bundle.display(),
-            spec.version()
-        );
-    }
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| anyhow!("config.json in bundle {} has no root", bundle.display()))?;
-    let rootfs = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        bundle.join(root.path())
-    };
-    if !rootfs.is_dir() {
-        bail!(
-            "rootfs {} named by config.json in bundle {} does not exist or is not a directory",
-            rootfs.display(),
-            bundle.display()
-        );
-    }
-    if spec.process().is_none() {
-        bail!("config.json in bundle {} has no process", bundle.display());
-    }
-    Ok((bundle, spec))
+/// Loads and checks the bundle (config.json and the rootfs) with errors a user can
+/// act on.
+pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
+    let bundle = Bundle::load(bundle)?;
+    bundle.check_rootfs()?;
+    Ok(bundle)
 }
 
 /// Decides (and logs) the isolation of a workload.
-pub fn decide_isolation(id: &str, spec: &Spec, global: &GlobalOpts) -> Result<IsolationDecision> {
+pub fn decide_isolation(
+    id: &str,
+    bundle: &Bundle,
+    global: &GlobalOpts,
+) -> Result<IsolationDecision> {
     let config = global.load_config()?;
     let decision = IsolationPolicy {
         config: &config,
         flag: global.isolation,
     }
-    .decide(spec.annotations().as_ref())?;
+    .decide(bundle.annotations())?;
     tracing::info!(
         id,
         isolation = %decision.isolation,
@@ -121,15 +92,13 @@ pub fn decide_isolation(id: &str, spec: &Spec, global: &GlobalOpts) -> Result<Is
 pub fn create_container(
     opts: &CreateOpts,
     global: &GlobalOpts,
+    bundle: &Bundle,
+    decision: IsolationDecision,
     foreground_console: Option<&Path>,
 ) -> Result<Created> {
     let id = opts.container_id.as_str();
-    container_id::validate(id)?;
-    let (bundle, spec) = load_bundle_spec(&opts.bundle)?;
-
-    let decision = decide_isolation(id, &spec, global)?;
     if decision.isolation == Isolation::Vm {
-        super::vm::create(opts, global, &bundle, decision)?;
+        super::vm::create(opts, global, bundle, decision)?;
         return Ok(None);
     }
 
@@ -145,7 +114,7 @@ pub fn create_container(
         .map(|b| {
             b.with_console_socket(console_socket)
                 .with_preserved_fds(opts.preserve_fds)
-                .as_init(&bundle)
+                .as_init(&bundle.dir)
                 .with_systemd(global.systemd_cgroup)
                 // libcontainer only uses `detach` to demand a console socket for a
                 // terminal; `run` in the foreground supplies its own socket.

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
-use libcgroups::common::CgroupManager;
-use libcontainer::container::ContainerStatus;
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::Access;
 
 use super::GlobalOpts;
 
@@ -43,30 +42,11 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: EventsArgs, global: &GlobalOpts) -> Result<()> {
     let id = &args.container_id;
-    if let Some((dir, _)) = super::vm::lookup(global, id)? {
-        loop {
-            let st = husk_runtime::vm::state::load(&dir, id)?;
-            let stats = super::vm::stats(&dir, &st)?;
-            let event = serde_json::json!({ "type": "stats", "id": id, "data": stats });
-            println!("{}", serde_json::to_string(&event)?);
-            if args.stats {
-                return Ok(());
-            }
-            std::thread::sleep(args.interval);
-        }
-    }
     loop {
-        let container = shared_kernel::open(&global.root, id, Access::Shared)?;
-        if container.status() == ContainerStatus::Stopped {
-            bail!("container {id} is not running");
-        }
-        let cgroup = shared_kernel::cgroup_manager(&container)?;
-        let stats = cgroup.stats().map_err(|err| SharedKernelError::Cgroup {
-            id: id.clone(),
-            message: err.to_string(),
-        })?;
+        // Opened afresh each round: the status (and a vm container's state) moves.
+        let stats = Container::open(&global.root, id, Access::Shared)?.stats()?;
         let event = serde_json::json!({ "type": "stats", "id": id, "data": stats });
-        println!("{}", serde_json::to_string(&event).map_err(|e| anyhow!(e))?);
+        println!("{}", serde_json::to_string(&event)?);
         if args.stats {
             return Ok(());
         }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
+use husk_runtime::container::{check, lookup_vm, Operation, Status};
 use husk_runtime::pidfile::write_pid_file;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::ContainerStatus;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{Process, Spec, UserBuilder};
 
@@ -82,7 +82,12 @@ impl Drop for ProcessFile {
 
 pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
     let id = args.container_id.clone();
-    if let Some((dir, st)) = super::vm::lookup(global, &id)? {
+    let exec = Operation::Exec {
+        ignore_paused: args.ignore_paused,
+    };
+    if let Some(vm) = lookup_vm(&global.root, &id)? {
+        check(&id, exec, vm.status())?;
+        let (dir, st) = (&vm.dir, &vm.state);
         if args.preserve_fds > 0 {
             bail!(
                 "cannot exec in container {id}: --preserve-fds cannot pass descriptors into a VM"
@@ -93,8 +98,8 @@ pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
             None => process_from_flags(&args, &load_spec(&st.bundle, &id)?)?,
         };
         return super::vm::exec(super::vm::VmExec {
-            dir: &dir,
-            state: &st,
+            dir,
+            state: st,
             process: &process,
             detach: args.detach,
             console_socket: args.console_socket.as_deref(),
@@ -103,14 +108,7 @@ pub fn run(args: ExecArgs, global: &GlobalOpts) -> Result<i32> {
         });
     }
     let container = shared_kernel::open(&global.root, &id, Access::Shared)?;
-    match container.status() {
-        ContainerStatus::Running | ContainerStatus::Created => {}
-        ContainerStatus::Paused if args.ignore_paused => {}
-        status => bail!(
-            "cannot exec in container {id}: it is {}",
-            shared_kernel::status_name(status)
-        ),
-    }
+    check(&id, exec, Status::of_shared_kernel(container.status()))?;
 
     let (process_path, _written) = match &args.process {
         Some(path) => (path.clone(), None),

@@ -2,7 +2,8 @@
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access, RuntimeState};
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::{Access, RuntimeState};
 
 use super::GlobalOpts;
 
@@ -59,13 +60,9 @@ fn collect(global: &GlobalOpts) -> Result<Vec<RuntimeState>> {
         if !entry.path().is_dir() {
             continue;
         }
-        if let Ok(Some((_, st))) = super::vm::lookup(global, id) {
-            states.push(super::vm::runtime_state(&st));
-            continue;
-        }
         // A container being created or deleted right now may vanish under us.
-        if let Ok(container) = shared_kernel::open(&global.root, id, Access::Shared) {
-            states.push(shared_kernel::runtime_state(&container));
+        if let Ok(container) = Container::open(&global.root, id, Access::Shared) {
+            states.push(container.state());
         }
     }
     states.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::Access;
 
 use super::GlobalOpts;
 
@@ -12,13 +13,7 @@ pub struct PauseArgs {
 }
 
 pub fn run(args: PauseArgs, global: &GlobalOpts) -> Result<()> {
-    let id = &args.container_id;
-    if let Some((dir, st)) = super::vm::lookup(global, id)? {
-        return super::vm::pause(&dir, &st, true);
-    }
-    let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
-    container
-        .pause()
-        .map_err(|err| SharedKernelError::libcontainer(id, &err))?;
+    let mut container = Container::open(&global.root, &args.container_id, Access::Exclusive)?;
+    container.pause()?;
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
-use libcgroups::common::CgroupManager;
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::Access;
 
 use super::GlobalOpts;
 
@@ -23,38 +23,20 @@ pub struct PsArgs {
 }
 
 pub fn run(args: PsArgs, global: &GlobalOpts) -> Result<()> {
-    let id = &args.container_id;
-    if let Some((dir, st)) = super::vm::lookup(global, id)? {
-        if args.format == "json" {
-            // Consumers read these as host pids (docker top looks them up in the
-            // host's ps): the host processes that stand for the container.
-            let pids = super::vm::host_processes(&dir, &st);
-            println!("{}", serde_json::to_string(&pids)?);
-            return Ok(());
-        }
-        // The table shows the container's processes in the VM's pid space.
-        let processes = super::vm::processes(&dir, &st)?;
-        println!("{:>7} CMD (guest pids)", "PID");
-        for (pid, command) in processes {
-            println!("{pid:>7} {command}");
-        }
-        return Ok(());
-    }
-    let container = shared_kernel::open(&global.root, id, Access::Shared)?;
-    let cgroup = shared_kernel::cgroup_manager(&container)?;
-    let mut pids: Vec<i32> = cgroup
-        .get_all_pids()
-        .map_err(|err| SharedKernelError::Cgroup {
-            id: id.clone(),
-            message: err.to_string(),
-        })?
-        .iter()
-        .map(|pid| pid.as_raw())
-        .collect();
-    pids.sort_unstable();
-
+    let container = Container::open(&global.root, &args.container_id, Access::Shared)?;
+    // Consumers read the json list as host pids (docker top looks them up in the
+    // host's ps): the host processes that stand for the container.
+    let pids = container.host_pids()?;
     if args.format == "json" {
         println!("{}", serde_json::to_string(&pids)?);
+        return Ok(());
+    }
+    if let Container::Vm(vm) = &container {
+        // The table shows a vm container's processes in the VM's pid space.
+        println!("{:>7} CMD (guest pids)", "PID");
+        for (pid, command) in super::vm::processes(vm)? {
+            println!("{pid:>7} {command}");
+        }
         return Ok(());
     }
     let options = if args.ps_options.is_empty() {

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use husk_runtime::container::Container;
 use husk_runtime::isolation::Isolation;
 use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
 
@@ -27,29 +28,22 @@ pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
     // A foreground run in vm isolation supervises the sandbox VM in this process; a
     // detached one is create (a supervisor process) + start.
     husk_runtime::container_id::validate(&id)?;
-    let (bundle, spec) = create::load_bundle_spec(&args.opts.bundle)?;
-    let decision = create::decide_isolation(&id, &spec, global)?;
+    let bundle = create::load_bundle(&args.opts.bundle)?;
+    let decision = create::decide_isolation(&id, &bundle, global)?;
     if decision.isolation == Isolation::Vm {
         if !args.detach {
             return vm::run_foreground(&args, global, &bundle, decision);
         }
-        create::create_container(&args.opts, global, None)?;
-        let Some((dir, st)) = vm::lookup(global, &id)? else {
-            anyhow::bail!("container {id} vanished right after its creation");
-        };
-        if let Err(err) = vm::start(&dir, &st) {
-            let _ = vm::delete(&dir, &st, true);
-            return Err(err);
+        create::create_container(&args.opts, global, &bundle, decision, None)?;
+        let mut container = Container::open(&global.root, &id, Access::Exclusive)?;
+        if let Err(err) = container.start() {
+            let _ = container.delete(true);
+            return Err(err.into());
         }
         return Ok(0);
     }
     // A foreground terminal with no console socket is bridged to our own stdio.
-    let wants_terminal = !args.detach
-        && args.opts.console_socket.is_none()
-        && create::load_bundle_spec(&args.opts.bundle)
-            .ok()
-            .and_then(|(_, spec)| spec.process().as_ref().and_then(|p| p.terminal()))
-            .unwrap_or(false);
+    let wants_terminal = !args.detach && args.opts.console_socket.is_none() && bundle.terminal();
     let console = if wants_terminal {
         global.ensure_root()?;
         Some(ConsoleListener::bind(&global.root, &id)?)
@@ -57,9 +51,14 @@ pub fn run(args: RunArgs, global: &GlobalOpts) -> Result<i32> {
         None
     };
 
-    let container =
-        create::create_container(&args.opts, global, console.as_ref().map(|c| c.path()))?
-            .ok_or_else(|| anyhow::anyhow!("container {id}: isolation changed during create"))?;
+    let container = create::create_container(
+        &args.opts,
+        global,
+        &bundle,
+        decision,
+        console.as_ref().map(|c| c.path()),
+    )?
+    .ok_or_else(|| anyhow::anyhow!("container {id}: isolation changed during create"))?;
     let pty = match &console {
         Some(console) => match console.receive_master() {
             Ok(fd) => Some(fd),

@@ -1,9 +1,9 @@
 //! `husk start`: let a created container's process run.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
-use libcontainer::container::ContainerStatus;
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::Access;
 
 use super::GlobalOpts;
 
@@ -13,20 +13,7 @@ pub struct StartArgs {
 }
 
 pub fn run(args: StartArgs, global: &GlobalOpts) -> Result<()> {
-    let id = &args.container_id;
-    if let Some((dir, st)) = super::vm::lookup(global, id)? {
-        return super::vm::start(&dir, &st);
-    }
-    let mut container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
-    let status = container.status();
-    if status != ContainerStatus::Created {
-        bail!(
-            "cannot start container {id}: it is {}; only a created container can be started",
-            shared_kernel::status_name(status)
-        );
-    }
-    container
-        .start()
-        .map_err(|err| SharedKernelError::libcontainer(id, &err))?;
+    let mut container = Container::open(&global.root, &args.container_id, Access::Exclusive)?;
+    container.start()?;
     Ok(())
 }

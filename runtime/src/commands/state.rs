@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access};
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::Access;
 
 use super::GlobalOpts;
 
@@ -12,15 +13,7 @@ pub struct StateArgs {
 }
 
 pub fn run(args: StateArgs, global: &GlobalOpts) -> Result<()> {
-    if let Some((_, st)) = super::vm::lookup(global, &args.container_id)? {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&super::vm::runtime_state(&st))?
-        );
-        return Ok(());
-    }
-    let container = shared_kernel::open(&global.root, &args.container_id, Access::Shared)?;
-    let state = shared_kernel::runtime_state(&container);
-    println!("{}", serde_json::to_string_pretty(&state)?);
+    let container = Container::open(&global.root, &args.container_id, Access::Shared)?;
+    println!("{}", serde_json::to_string_pretty(&container.state())?);
     Ok(())
 }

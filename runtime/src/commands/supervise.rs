@@ -6,10 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _, Result};
 use clap::Args;
+use husk_runtime::bundle::Bundle;
 use husk_runtime::shared_kernel;
-use husk_runtime::vm::sandbox::ForwardedSignals;
+use husk_runtime::vm::signals::ForwardedSignals;
 use husk_runtime::vm::state;
-use husk_runtime::vm::supervisor::{self, ExecSupervision, Supervision, SupervisorStdio, VmLaunch};
+use husk_runtime::vm::supervisor::{
+    self, ExecSupervision, Supervision, SupervisorError, SupervisorStdio, VmLaunch,
+};
 
 use super::{vm, GlobalOpts};
 
@@ -43,7 +46,10 @@ pub fn run(args: SuperviseArgs, global: &GlobalOpts) -> Result<i32> {
     let signals = ForwardedSignals::block()?;
     let dir = shared_kernel::container_dir(&global.root, id);
     let config = global.load_config()?;
-    let launch = match VmLaunch::prepare(id, &args.bundle, &config, global.hypervisor.backend()) {
+    let launch = Bundle::load(&args.bundle)
+        .map_err(SupervisorError::from)
+        .and_then(|bundle| VmLaunch::prepare(id, &bundle, &config, global.hypervisor.backend()));
+    let launch = match launch {
         Ok(launch) => launch,
         Err(e) => {
             let _ = husk_runtime::vm::sandbox::release_dir(&dir);

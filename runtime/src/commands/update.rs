@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use husk_runtime::shared_kernel::{self, Access, SharedKernelError};
+use husk_runtime::container::Container;
+use husk_runtime::shared_kernel::Access;
 use husk_runtime::units::parse_size;
-use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::GlobalOpts;
@@ -57,31 +57,14 @@ pub struct UpdateArgs {
 }
 
 pub fn run(args: UpdateArgs, global: &GlobalOpts) -> Result<()> {
-    let id = &args.container_id;
-    if let Some((dir, st)) = super::vm::lookup(global, id)? {
-        let resources = match &args.resources {
-            Some(path) => read_resources(path)?,
-            None => resources_from_flags(&args),
-        };
-        return super::vm::update(&dir, &st, &resources);
-    }
-    let container = shared_kernel::open(&global.root, id, Access::Exclusive)?;
+    let container = Container::open(&global.root, &args.container_id, Access::Exclusive)?;
     let resources = match &args.resources {
         Some(path) => read_resources(path)?,
         None => resources_from_flags(&args),
     };
-    let cgroup = shared_kernel::cgroup_manager(&container)?;
-    cgroup
-        .apply(&ControllerOpt {
-            resources: &resources,
-            disable_oom_killer: false,
-            oom_score_adj: None,
-            freezer_state: None,
-        })
-        .map_err(|err| SharedKernelError::Cgroup {
-            id: id.clone(),
-            message: err.to_string(),
-        })?;
+    container
+        .update(&resources)
+        .with_context(|| format!("cannot update container {}", args.container_id))?;
     Ok(())
 }
 

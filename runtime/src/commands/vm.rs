@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use husk_agent_protocol::agent as pb;
-use husk_agent_protocol::agent_ttrpc::AgentClient;
+use husk_runtime::bundle::Bundle;
+use husk_runtime::container::VmContainer;
 use husk_runtime::isolation::IsolationDecision;
 use husk_runtime::pidfile::write_pid_file;
-use husk_runtime::shared_kernel::{self, RuntimeState};
-use husk_runtime::vm::relay::{agent_error, ctx};
-use husk_runtime::vm::sandbox::{self, ForwardedSignals, CALL_TIMEOUT};
-use husk_runtime::vm::state::{self, VmContainerState, VmStatus};
+use husk_runtime::shared_kernel;
+use husk_runtime::vm::sandbox;
+use husk_runtime::vm::signals::ForwardedSignals;
+use husk_runtime::vm::state::{VmContainerState, VmStatus};
 use husk_runtime::vm::supervisor::{
     self, ExecSupervision, ReadyPipe, Supervision, SupervisorStdio, VmLaunch,
 };
@@ -24,17 +24,6 @@ use super::GlobalOpts;
 
 /// The descriptor on which a spawned supervisor reports readiness.
 const READY_FD: i32 = 3;
-
-/// A vm-isolated container's state, if `id` names one.
-pub fn lookup(global: &GlobalOpts, id: &str) -> Result<Option<(PathBuf, VmContainerState)>> {
-    husk_runtime::container_id::validate(id)?;
-    let dir = shared_kernel::container_dir(&global.root, id);
-    if !state::exists(&dir) {
-        return Ok(None);
-    }
-    let st = state::load(&dir, id)?;
-    Ok(Some((dir, st)))
-}
 
 fn refusal(id: &str, decision: &IsolationDecision, what: impl std::fmt::Display) -> String {
     format!(
@@ -47,7 +36,7 @@ fn refusal(id: &str, decision: &IsolationDecision, what: impl std::fmt::Display)
 /// Decides everything for a vm container before anything is created.
 fn prepare(
     id: &str,
-    bundle: &Path,
+    bundle: &Bundle,
     global: &GlobalOpts,
     decision: &IsolationDecision,
 ) -> Result<VmLaunch> {
@@ -76,7 +65,7 @@ fn prepare(
 pub fn run_foreground(
     args: &super::run::RunArgs,
     global: &GlobalOpts,
-    bundle: &Path,
+    bundle: &Bundle,
     decision: IsolationDecision,
 ) -> Result<i32> {
     let id = args.opts.container_id.as_str();
@@ -126,7 +115,7 @@ pub fn run_foreground(
 pub fn create(
     opts: &super::create::CreateOpts,
     global: &GlobalOpts,
-    bundle: &Path,
+    bundle: &Bundle,
     decision: IsolationDecision,
 ) -> Result<()> {
     let id = opts.container_id.as_str();
@@ -154,7 +143,7 @@ pub fn create(
     let mut args = supervisor_global_args(global, &dir);
     args.push("vm-supervise".into());
     args.push("--bundle".into());
-    args.push(bundle.display().to_string());
+    args.push(bundle.dir.display().to_string());
     if let Some(socket) = &opts.console_socket {
         args.push("--console-socket".into());
         args.push(absolute(socket)?.display().to_string());
@@ -174,7 +163,7 @@ pub fn create(
         // The supervisor removed what it made; if it died instead, clean up after it.
         let _ = child.wait();
         if dir.exists() {
-            if let Err(err) = sandbox::remove_stale(&dir, id, true) {
+            if let Err(err) = sandbox::teardown_dir(&dir, id, true) {
                 tracing::warn!(id, error = %err, "cleanup after a failed create");
             }
         }
@@ -286,180 +275,13 @@ pub fn inherited_ready_pipe() -> Option<ReadyPipe> {
     open.then(|| unsafe { ReadyPipe::from_raw_fd(READY_FD) })
 }
 
-/// The agent of a running vm container.
-fn agent(dir: &Path) -> Result<AgentClient> {
-    Ok(sandbox::connect_agent(dir)?)
-}
-
-fn agent_call<T>(call: &'static str, r: ttrpc::Result<T>) -> Result<T> {
-    r.map_err(|e| anyhow!(agent_error(call, e)))
-}
-
-pub fn start(dir: &Path, st: &VmContainerState) -> Result<()> {
-    let id = &st.id;
-    let status = st.effective_status();
-    if status != VmStatus::Created {
-        bail!(
-            "cannot start container {id}: it is {}; only a created container can be started",
-            status.name()
-        );
-    }
-    sandbox::start_container(&agent(dir)?, &st.guest_id)
-        .with_context(|| format!("cannot start container {id}"))?;
-    state::update(dir, id, |s| {
-        if s.status == VmStatus::Created {
-            s.status = VmStatus::Running;
-        }
-    })?;
-    Ok(())
-}
-
-pub fn runtime_state(st: &VmContainerState) -> RuntimeState {
-    st.runtime_state()
-}
-
-pub fn kill(dir: &Path, st: &VmContainerState, signal: i32, all: bool) -> Result<()> {
-    let id = &st.id;
-    if st.effective_status() == VmStatus::Stopped {
-        if all {
-            return Ok(());
-        }
-        bail!("cannot signal container {id}: container not running");
-    }
-    let mut req = pb::SignalProcessRequest::new();
-    req.container_id = st.guest_id.clone();
-    req.signal = signal as u32;
-    req.all = all;
-    agent_call(
-        "SignalProcess",
-        agent(dir)?.signal_process(ctx(Some(CALL_TIMEOUT)), &req),
-    )
-    .with_context(|| format!("cannot signal container {id}"))?;
-    Ok(())
-}
-
-pub fn delete(dir: &Path, st: &VmContainerState, force: bool) -> Result<()> {
-    let id = &st.id;
-    let status = st.effective_status();
-    if !force && !matches!(status, VmStatus::Stopped | VmStatus::Created) {
-        bail!(
-            "cannot delete container {id}: it is {}; stop it first or use --force",
-            status.name()
-        );
-    }
-    // A created container has nothing to lose; a running one only with --force.
-    sandbox::remove_stale(dir, id, true).with_context(|| format!("cannot delete container {id}"))
-}
-
-pub fn pause(dir: &Path, st: &VmContainerState, pause: bool) -> Result<()> {
-    let id = &st.id;
-    let status = st.effective_status();
-    let (want, verb) = if pause {
-        (VmStatus::Running, "pause")
-    } else {
-        (VmStatus::Paused, "resume")
-    };
-    if status != want {
-        bail!("cannot {verb} container {id}: it is {}", status.name());
-    }
-    let mut req = pb::ContainerRequest::new();
-    req.container_id = st.guest_id.clone();
-    let agent = agent(dir)?;
-    if pause {
-        agent_call(
-            "PauseContainer",
-            agent.pause_container(ctx(Some(CALL_TIMEOUT)), &req),
-        )?;
-    } else {
-        agent_call(
-            "ResumeContainer",
-            agent.resume_container(ctx(Some(CALL_TIMEOUT)), &req),
-        )?;
-    }
-    state::update(dir, id, |s| {
-        s.status = if pause {
-            VmStatus::Paused
-        } else {
-            VmStatus::Running
-        }
-    })?;
-    Ok(())
-}
-
-/// The host processes that stand for a vm container: its supervisor and the VM's
-/// processes (VMM, helpers). What `ps --format json` returns: its consumers (`docker
-/// top`) look the pids up among host processes and may signal them, so guest pids,
-/// which name unrelated host processes there, must never be returned.
-pub fn host_processes(dir: &Path, st: &VmContainerState) -> Vec<i32> {
-    if st.effective_status() == VmStatus::Stopped {
-        return Vec::new();
-    }
-    let mut pids = vec![st.supervisor_pid];
-    pids.extend(
-        sandbox::vm_host_pids(dir)
-            .into_iter()
-            .filter_map(|p| i32::try_from(p).ok()),
-    );
-    pids.sort_unstable();
-    pids.dedup();
-    pids
-}
-
-/// The container's processes as the guest sees them (guest pids).
-pub fn processes(dir: &Path, st: &VmContainerState) -> Result<Vec<(i32, String)>> {
-    if st.effective_status() == VmStatus::Stopped {
+/// A vm container's processes as the guest sees them (guest pids).
+pub fn processes(vm: &VmContainer) -> Result<Vec<(i32, String)>> {
+    if vm.state.effective_status() == VmStatus::Stopped {
         return Ok(Vec::new());
     }
-    let mut req = pb::ContainerRequest::new();
-    req.container_id = st.guest_id.clone();
-    let list = agent_call(
-        "ListProcesses",
-        agent(dir)?.list_processes(ctx(Some(CALL_TIMEOUT)), &req),
-    )?;
-    Ok(list
-        .processes
-        .into_iter()
-        .map(|p| (p.pid, p.command))
-        .collect())
-}
-
-pub fn update(
-    dir: &Path,
-    st: &VmContainerState,
-    resources: &oci_spec::runtime::LinuxResources,
-) -> Result<()> {
-    if st.effective_status() == VmStatus::Stopped {
-        bail!("cannot update container {}: it is stopped", st.id);
-    }
-    let mut req = pb::UpdateContainerRequest::new();
-    req.container_id = st.guest_id.clone();
-    req.resources_json = serde_json::to_vec(resources)?;
-    agent_call(
-        "UpdateContainer",
-        agent(dir)?.update_container(ctx(Some(CALL_TIMEOUT)), &req),
-    )
-    .with_context(|| format!("cannot update container {}", st.id))?;
-    Ok(())
-}
-
-/// Statistics in libcgroups' shape (what `husk events --stats` prints for container
-/// isolation too, and containerd's runc shim parses).
-pub fn stats(dir: &Path, st: &VmContainerState) -> Result<libcgroups::stats::Stats> {
-    if st.effective_status() == VmStatus::Stopped {
-        bail!("container {} is not running", st.id);
-    }
-    let mut req = pb::StatsContainerRequest::new();
-    req.container_id = st.guest_id.clone();
-    let s = agent_call(
-        "StatsContainer",
-        agent(dir)?.stats_container(ctx(Some(CALL_TIMEOUT)), &req),
-    )?;
-    let mut stats = libcgroups::stats::Stats::default();
-    stats.cpu.usage.usage_total = s.cpu_usage_usec.saturating_mul(1000);
-    stats.memory.memory.usage = s.memory_usage_bytes;
-    stats.memory.memory.limit = s.memory_limit_bytes;
-    stats.pids.current = s.pids_current;
-    Ok(stats)
+    let list = sandbox::connect_agent(&vm.dir)?.list_processes(&vm.state.guest_id)?;
+    Ok(list.into_iter().map(|p| (p.pid, p.command)).collect())
 }
 
 /// `husk exec` into a vm container: foreground in this process, or (`--detach`) in a
@@ -476,10 +298,6 @@ pub struct VmExec<'a> {
 
 pub fn exec(e: VmExec<'_>) -> Result<i32> {
     let id = &e.state.id;
-    let status = e.state.effective_status();
-    if status != VmStatus::Running {
-        bail!("cannot exec in container {id}: it is {}", status.name());
-    }
     let terminal = e.process.terminal().unwrap_or(false);
     let stdio = match (e.console_socket, terminal) {
         (Some(socket), true) => SupervisorStdio::ConsoleSocket(absolute(socket)?),

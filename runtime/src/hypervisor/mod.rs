@@ -349,6 +349,16 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// The processes a backend started: the VMM (named for logs) and its helpers.
+    pub fn new(vmm: Child, vmm_name: &'static str, helpers: Vec<Helper>) -> Self {
+        Self {
+            vmm,
+            vmm_name,
+            helpers,
+            vmm_status: None,
+        }
+    }
+
     /// The pid to wait on: the VMM's.
     pub fn vmm_pid(&self) -> u32 {
         self.vmm.id()

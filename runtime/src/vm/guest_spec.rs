@@ -4,9 +4,10 @@
 //!
 //! Bind mounts (`docker run -v`, Docker's `/etc/hosts`, `/etc/resolv.conf`,
 //! `/etc/hostname`) are shared over the sandbox's virtio-fs: each source is bound on
-//! the host to `shared/mounts/<n>` (read-only on the host when the mount is `ro`, so a
-//! compromised guest cannot write it either) and the guest spec names
-//! `/run/husk/shared/mounts/<n>` instead.
+//! the host to the container's folder, `shared/c/<guest id>/mounts/<n>` (read-only on
+//! the host when the mount is `ro`, so a compromised guest cannot write it either;
+//! see [`super::share`]) and the guest spec names
+//! `/run/husk/shared/c/<guest id>/mounts/<n>` instead.
 
 use std::path::PathBuf;
 
@@ -48,7 +49,7 @@ pub enum GuestSpecError {
 pub struct SharedMount {
     /// The host source (file or directory).
     pub source: PathBuf,
-    /// Its name under `shared/mounts/`.
+    /// Its name under the container's `mounts/` folder.
     pub name: String,
     pub is_dir: bool,
     /// Bound read-only on the host too.
@@ -116,8 +117,10 @@ fn has_option(m: &Value, option: &str) -> bool {
         .is_some_and(|o| o.iter().any(|v| v == option))
 }
 
-/// Rewrites a host OCI spec for the guest and lists the host paths to share.
-pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
+/// Rewrites a host OCI spec for the guest and lists the host paths to share; the
+/// guest sees them in the folder of the container with guest id `guest_id`.
+pub fn plan(mut spec: Value, guest_id: &str) -> Result<GuestPlan, GuestSpecError> {
+    let folder = super::share::container_folder(guest_id);
     if !spec.is_object() {
         return Err(GuestSpecError::NotAnObject);
     }
@@ -197,7 +200,7 @@ pub fn plan(mut spec: Value) -> Result<GuestPlan, GuestSpecError> {
             if let Some(o) = m.as_object_mut() {
                 o.insert(
                     "source".into(),
-                    Value::String(format!("{GUEST_SHARED_DIR}/{MOUNTS_DIR}/{name}")),
+                    Value::String(format!("{GUEST_SHARED_DIR}/{folder}/{MOUNTS_DIR}/{name}")),
                 );
                 // Host propagation settings say nothing about guest mounts.
                 if let Some(Value::Array(options)) = o.get_mut("options") {
@@ -378,14 +381,14 @@ mod tests {
                 "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]
             }
         });
-        let plan = plan(spec).unwrap();
+        let plan = plan(spec, "web").unwrap();
         let out = &plan.spec;
         assert!(out.get("hooks").is_none());
         let mounts = out["mounts"].as_array().unwrap();
         assert_eq!(mounts.len(), 4, "{mounts:?}");
-        assert_eq!(mounts[1]["source"], "/run/husk/shared/mounts/0");
+        assert_eq!(mounts[1]["source"], "/run/husk/shared/c/web/mounts/0");
         assert_eq!(mounts[1]["options"], json!(["rbind"]));
-        assert_eq!(mounts[2]["source"], "/run/husk/shared/mounts/1");
+        assert_eq!(mounts[2]["source"], "/run/husk/shared/c/web/mounts/1");
         assert_eq!(mounts[3]["type"], "tmpfs");
         assert_eq!(
             plan.mounts,
@@ -427,7 +430,7 @@ mod tests {
             },
             "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}
         });
-        let prepared = plan(spec).unwrap();
+        let prepared = plan(spec, "web").unwrap();
         assert_eq!(prepared.network, NetworkPlan::Prepared);
         assert_eq!(
             prepared.spec["linux"]["namespaces"],
@@ -448,15 +451,22 @@ mod tests {
             prepared.dropped
         );
         // Without hooks the same namespace is a new, empty one in the guest.
-        let plain = plan(json!({"linux": {"namespaces": [{"type": "network"}]}})).unwrap();
+        let plain = plan(
+            json!({"linux": {"namespaces": [{"type": "network"}]}}),
+            "web",
+        )
+        .unwrap();
         assert_eq!(plain.network, NetworkPlan::Isolated);
         assert_eq!(
             plain.spec["linux"]["namespaces"],
             json!([{"type": "network"}])
         );
         // A malformed hook is an error that names it.
-        let err = plan(json!({"hooks": {"prestart": [{"args": []}]},
-            "linux": {"namespaces": [{"type": "network"}]}}))
+        let err = plan(
+            json!({"hooks": {"prestart": [{"args": []}]},
+            "linux": {"namespaces": [{"type": "network"}]}}),
+            "web",
+        )
         .unwrap_err()
         .to_string();
         assert!(err.contains("malformed hooks.prestart"), "{err}");
@@ -467,14 +477,17 @@ mod tests {
         let spec = json!({"mounts": [
             {"destination": "/d", "type": "bind", "source": "/nonexistent/husk-src"}],
             "linux": {"namespaces": [{"type": "network"}]}});
-        let err = plan(spec).unwrap_err().to_string();
+        let err = plan(spec, "web").unwrap_err().to_string();
         assert!(err.contains("/nonexistent/husk-src"), "{err}");
-        assert!(matches!(plan(json!([1])), Err(GuestSpecError::NotAnObject)));
+        assert!(matches!(
+            plan(json!([1]), "web"),
+            Err(GuestSpecError::NotAnObject)
+        ));
     }
 
     #[test]
     fn the_host_network_is_refused() {
-        let err = plan(json!({"linux": {"namespaces": [{"type": "pid"}]}})).unwrap_err();
+        let err = plan(json!({"linux": {"namespaces": [{"type": "pid"}]}}), "web").unwrap_err();
         assert!(err.to_string().contains("host's network"), "{err}");
     }
 

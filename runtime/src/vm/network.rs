@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use husk_agent_protocol::agent as pb;
+use super::agent::{GuestInterface, GuestNetwork, GuestRoute};
 use husk_netlink::{Link, Netlink, NetlinkError};
 use serde_json::{json, Value};
 
@@ -137,8 +137,8 @@ pub struct Attachment {
     pub taps: Vec<Tap>,
     /// Interfaces that got an ingress qdisc (by name: indices can be reused).
     pub interfaces: Vec<String>,
-    /// The agent's ConfigureNetwork request.
-    pub request: pb::ConfigureNetworkRequest,
+    /// What the agent's ConfigureNetwork gets.
+    pub guest: GuestNetwork,
 }
 
 /// At most this many interfaces are carried (the agent's limit).
@@ -202,7 +202,7 @@ pub fn attach(namespace: &Path, record_in: &Path) -> Result<Attachment, NetworkE
             namespace: path.clone(),
             taps: Vec::new(),
             interfaces: Vec::new(),
-            request: pb::ConfigureNetworkRequest::new(),
+            guest: GuestNetwork::default(),
         };
         let result = (|| {
             for (n, link) in interfaces.iter().enumerate() {
@@ -242,33 +242,34 @@ pub fn attach(namespace: &Path, record_in: &Path) -> Result<Attachment, NetworkE
                     .redirect_ingress(tap_index, link.index)
                     .map_err(netlink_err)?;
 
-                let mut interface = pb::GuestInterface::new();
-                interface.name = link.name.clone();
-                interface.mac = husk_netlink::format_mac(&mac);
-                interface.mtu = link.mtu;
+                let mut interface = GuestInterface {
+                    name: link.name.clone(),
+                    mac: husk_netlink::format_mac(&mac),
+                    mtu: link.mtu,
+                    addresses: Vec::new(),
+                };
                 for address in addresses
                     .iter()
                     .filter(|a| a.link == link.index && !a.is_link_local())
                 {
-                    let mut a = pb::IPAddress::new();
-                    a.address = address.ip.to_string();
-                    a.prefix_len = address.prefix_len.into();
-                    interface.addresses.push(a);
+                    interface
+                        .addresses
+                        .push((address.ip.to_string(), address.prefix_len.into()));
                 }
-                attachment.request.interfaces.push(interface);
+                attachment.guest.interfaces.push(interface);
                 for route in routes
                     .iter()
                     .filter(|r| r.link == Some(link.index) && !r.kernel_made)
                 {
-                    let mut r = pb::GuestRoute::new();
-                    r.destination = route
-                        .destination
-                        .map(|(ip, prefix)| format!("{ip}/{prefix}"))
-                        .unwrap_or_default();
-                    r.gateway = route.gateway.map(|g| g.to_string()).unwrap_or_default();
-                    r.interface = link.name.clone();
-                    r.ipv6 = route.ipv6;
-                    attachment.request.routes.push(r);
+                    attachment.guest.routes.push(GuestRoute {
+                        destination: route
+                            .destination
+                            .map(|(ip, prefix)| format!("{ip}/{prefix}"))
+                            .unwrap_or_default(),
+                        gateway: route.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                        interface: link.name.clone(),
+                        ipv6: route.ipv6,
+                    });
                 }
             }
             Ok(())

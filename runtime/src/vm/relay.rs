@@ -1,57 +1,38 @@
 //! Relaying one guest process (a container's init or an exec'd process) to the host:
-//! its stdout/stderr to ours (or to a terminal), our stdin (or the terminal's input)
-//! to it, the terminal's window size, our signals — and its exit status back.
+//! its stdout/stderr to ours (or to a terminal, or to containerd's fifos), our stdin
+//! (or the terminal's input) to it, the terminal's window size, our signals — and
+//! its exit status back.
 //!
 //! Used by the foreground `husk run`/`husk exec`, by the per-sandbox supervisor that
-//! stands in for a created container's init, and by the supervisor of a detached
-//! exec. All of them hold an agent connection over hybrid vsock.
+//! stands in for a created container's init, by the supervisor of a detached exec,
+//! and (its stream copies, [`copy_input`] and [`spawn_output_copy`]) by the
+//! containerd shim, which opens containerd's fifos and keeps its own statuses.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use husk_agent_protocol::agent as pb;
-use husk_agent_protocol::agent_ttrpc::AgentClient;
+use super::agent::{Agent, AgentError, OutputStream, ProcessAddr};
+use super::signals::ForwardedSignals;
 
-use super::sandbox::ForwardedSignals;
-
-/// Timeout of the small agent calls made while relaying.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long output still in flight gets after the process exited.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How often the main loop looks at signals, the VM and the window size.
 const TICK: Duration = Duration::from_millis(50);
+/// The most bytes asked for in one ReadStdout/ReadStderr or sent in one WriteStdin.
+const CHUNK: usize = 64 * 1024;
 
 /// Errors while relaying a process.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// An agent call failed.
-    #[error("agent {call} failed: {message}")]
-    Agent { call: &'static str, message: String },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     /// The VM went away (the message says how, with the guest console if known).
     #[error("{0}")]
     VmGone(String),
-}
-
-/// Maps a ttrpc error to a [`RelayError::Agent`] (also used by other vm modules).
-pub fn agent_error(call: &'static str, e: ttrpc::Error) -> RelayError {
-    RelayError::Agent {
-        call,
-        message: match e {
-            ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message),
-            other => other.to_string(),
-        },
-    }
-}
-
-/// A ttrpc context with a timeout, or none (WaitProcess, stream reads).
-pub fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
-    match timeout {
-        Some(t) => ttrpc::context::with_timeout(t.as_nanos() as i64),
-        None => ttrpc::context::Context::default(),
-    }
 }
 
 /// Where the process's stdio goes on the host.
@@ -67,107 +48,74 @@ pub enum HostStdio {
     },
 }
 
-/// One guest process to relay.
-pub struct ProcessRef<'a> {
-    pub agent: &'a AgentClient,
-    pub container_id: &'a str,
-    /// Empty for the container's init.
-    pub exec_id: &'a str,
-}
-
 /// Relays until the process exits; returns its status (128+N if killed by signal N).
 /// `vm_gone` is asked every tick whether the VM died (the supervisor owns the VMM
 /// process and can tell; others pass a closure returning `None` and learn it from
 /// the agent connection failing).
 pub fn relay_process(
-    process: &ProcessRef<'_>,
+    agent: &Arc<dyn Agent>,
+    process: &ProcessAddr,
     stdio: HostStdio,
     signals: Option<&ForwardedSignals>,
     vm_gone: &mut dyn FnMut() -> Option<String>,
 ) -> Result<i32, RelayError> {
-    enum Event {
-        Exited(Result<i32, RelayError>),
-        StreamDone,
-    }
-    let agent = process.agent;
-    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut streams_open = 0;
     let mut resize = None;
     match stdio {
         HostStdio::Inherited => {
-            for stderr in [false, true] {
-                let (agent, tx) = (agent.clone(), tx.clone());
-                let (id, exec) = (
-                    process.container_id.to_string(),
-                    process.exec_id.to_string(),
-                );
-                streams_open += 1;
-                std::thread::spawn(move || {
-                    let sink: Box<dyn Write> = if stderr {
-                        Box::new(std::io::stderr())
-                    } else {
-                        Box::new(std::io::stdout())
-                    };
-                    copy_output(&agent, &id, &exec, stderr, sink);
-                    let _ = tx.send(Event::StreamDone);
-                });
-            }
-            // Never joined: it may block reading our stdin after the process exits.
-            let agent = agent.clone();
-            let (id, exec) = (
-                process.container_id.to_string(),
-                process.exec_id.to_string(),
+            streams_open += 2;
+            spawn_output_copy(
+                agent,
+                process,
+                OutputStream::Stdout,
+                std::io::stdout(),
+                done_tx.clone(),
             );
-            std::thread::spawn(move || copy_input(&agent, &id, &exec, std::io::stdin()));
+            spawn_output_copy(
+                agent,
+                process,
+                OutputStream::Stderr,
+                std::io::stderr(),
+                done_tx.clone(),
+            );
+            // Never joined: it may block reading our stdin after the process exits.
+            let (agent, process) = (agent.clone(), process.clone());
+            std::thread::spawn(move || copy_input(agent.as_ref(), &process, std::io::stdin()));
         }
         HostStdio::Terminal {
             input,
             output,
             size_from,
         } => {
-            let (agent2, tx2) = (agent.clone(), tx.clone());
-            let (id, exec) = (
-                process.container_id.to_string(),
-                process.exec_id.to_string(),
-            );
             streams_open += 1;
-            std::thread::spawn(move || {
-                copy_output(&agent2, &id, &exec, false, Box::new(output));
-                let _ = tx2.send(Event::StreamDone);
-            });
-            let agent2 = agent.clone();
-            let (id, exec) = (
-                process.container_id.to_string(),
-                process.exec_id.to_string(),
+            spawn_output_copy(
+                agent,
+                process,
+                OutputStream::Stdout,
+                output,
+                done_tx.clone(),
             );
-            std::thread::spawn(move || copy_input(&agent2, &id, &exec, input));
+            let (agent, process) = (agent.clone(), process.clone());
+            std::thread::spawn(move || copy_input(agent.as_ref(), &process, input));
             resize = Some(WindowFollower::new(size_from));
         }
     }
+    drop(done_tx);
+    let (exit_tx, exit_rx) = mpsc::channel();
     {
-        let agent = agent.clone();
-        let (id, exec) = (
-            process.container_id.to_string(),
-            process.exec_id.to_string(),
-        );
+        let (agent, process) = (agent.clone(), process.clone());
         std::thread::spawn(move || {
-            let mut w = pb::WaitProcessRequest::new();
-            w.container_id = id;
-            w.exec_id = exec;
-            let r = agent
-                .wait_process(ctx(None), &w)
-                .map(|r| r.status)
-                .map_err(|e| agent_error("WaitProcess", e));
-            let _ = tx.send(Event::Exited(r));
+            let _ = exit_tx.send(agent.wait_process(&process));
         });
     }
     let status = loop {
         if let Some(follower) = resize.as_mut() {
-            follower.sync(process);
+            follower.sync(agent.as_ref(), process);
         }
-        match rx.recv_timeout(TICK) {
-            Ok(Event::Exited(Ok(status))) => break status,
-            Ok(Event::Exited(Err(e))) => {
+        match exit_rx.recv_timeout(TICK) {
+            Ok(Ok(status)) => break status,
+            Ok(Err(e)) => {
                 // A dead VMM drops the agent connection: name the real cause.
                 let deadline = Instant::now() + Duration::from_millis(500);
                 while Instant::now() < deadline {
@@ -176,9 +124,8 @@ pub fn relay_process(
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                return Err(e);
+                return Err(e.into());
             }
-            Ok(Event::StreamDone) => streams_open -= 1,
             Err(_) => {}
         }
         if let Some(gone) = vm_gone() {
@@ -186,32 +133,31 @@ pub fn relay_process(
         }
         while let Some(sig) = signals.and_then(ForwardedSignals::pending) {
             tracing::debug!(?sig, "forwarding signal to the container");
-            let mut s = pb::SignalProcessRequest::new();
-            s.container_id = process.container_id.into();
-            s.exec_id = process.exec_id.into();
-            s.signal = sig as u32;
-            if let Err(e) = agent.signal_process(ctx(Some(CALL_TIMEOUT)), &s) {
+            if let Err(e) = agent.signal_process(process, sig as i32, false) {
                 tracing::warn!(?sig, error = %e, "cannot forward signal");
             }
         }
     };
-    // The process is gone; its output may still be in flight (or held open by a
-    // child it left behind: do not wait for that forever).
-    let deadline = Instant::now() + DRAIN_GRACE;
-    while streams_open > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::StreamDone) => streams_open -= 1,
-            Ok(Event::Exited(_)) => {}
-            Err(_) => break,
-        }
-    }
+    wait_for_streams(&done_rx, streams_open);
     Ok(status)
 }
 
+/// Waits up to [`DRAIN_GRACE`] for `streams` output copies to end (the process is
+/// gone; its output may still be in flight, or held open by a child it left behind:
+/// do not wait for that forever).
+pub fn wait_for_streams(done: &mpsc::Receiver<()>, streams: usize) {
+    let deadline = Instant::now() + DRAIN_GRACE;
+    for _ in 0..streams {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+}
+
 /// Copies `input` to the process's stdin until end of file, then closes its stdin.
-fn copy_input(agent: &AgentClient, id: &str, exec: &str, mut input: impl Read) {
-    let mut buf = vec![0u8; 64 * 1024];
+pub fn copy_input(agent: &dyn Agent, process: &ProcessAddr, mut input: impl Read) {
+    let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match input.read(&mut buf) {
             Ok(n) => n,
@@ -224,12 +170,8 @@ fn copy_input(agent: &AgentClient, id: &str, exec: &str, mut input: impl Read) {
         }
         let mut data = &buf[..n];
         while !data.is_empty() {
-            let mut w = pb::WriteStreamRequest::new();
-            w.container_id = id.into();
-            w.exec_id = exec.into();
-            w.data = data.to_vec();
-            match agent.write_stdin(ctx(None), &w) {
-                Ok(r) if r.len > 0 => data = &data[(r.len as usize).min(data.len())..],
+            match agent.write_stdin(process, data) {
+                Ok(written) if written > 0 => data = &data[written..],
                 Ok(_) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "stdin relay ended");
@@ -238,31 +180,39 @@ fn copy_input(agent: &AgentClient, id: &str, exec: &str, mut input: impl Read) {
             }
         }
     }
-    let mut c = pb::CloseStdinRequest::new();
-    c.container_id = id.into();
-    c.exec_id = exec.into();
-    if let Err(e) = agent.close_stdin(ctx(Some(CALL_TIMEOUT)), &c) {
+    if let Err(e) = agent.close_stdin(process) {
         tracing::debug!(error = %e, "CloseStdin");
     }
 }
 
-/// Copies one output stream of the process to `sink` until end of stream.
-fn copy_output(agent: &AgentClient, id: &str, exec: &str, stderr: bool, mut sink: Box<dyn Write>) {
+/// Copies one output stream of the process to `sink` on a thread of its own until
+/// end of stream, then sends on `done`.
+pub fn spawn_output_copy(
+    agent: &Arc<dyn Agent>,
+    process: &ProcessAddr,
+    stream: OutputStream,
+    sink: impl Write + Send + 'static,
+    done: mpsc::Sender<()>,
+) {
+    let (agent, process) = (agent.clone(), process.clone());
+    std::thread::spawn(move || {
+        copy_output(agent.as_ref(), &process, stream, sink);
+        let _ = done.send(());
+    });
+}
+
+fn copy_output(
+    agent: &dyn Agent,
+    process: &ProcessAddr,
+    stream: OutputStream,
+    mut sink: impl Write,
+) {
     loop {
-        let mut r = pb::ReadStreamRequest::new();
-        r.container_id = id.into();
-        r.exec_id = exec.into();
-        r.len = 64 * 1024;
-        let chunk = if stderr {
-            agent.read_stderr(ctx(None), &r)
-        } else {
-            agent.read_stdout(ctx(None), &r)
-        };
-        let data = match chunk {
-            Ok(c) if !c.data.is_empty() => c.data,
+        let data = match agent.read_output(process, stream, CHUNK as u32) {
+            Ok(data) if !data.is_empty() => data,
             Ok(_) => return,
             Err(e) => {
-                tracing::debug!(error = %e, stderr, "stream relay ended");
+                tracing::debug!(error = %e, ?stream, "stream relay ended");
                 return;
             }
         };
@@ -284,19 +234,14 @@ impl WindowFollower {
     }
 
     /// Sends TtyWinResize when the host window size changed since the last call.
-    fn sync(&mut self, process: &ProcessRef<'_>) {
+    fn sync(&mut self, agent: &dyn Agent, process: &ProcessAddr) {
         let Some(size) = window_size(&self.from) else {
             return;
         };
         if self.last == Some(size) || size.0 == 0 || size.1 == 0 {
             return;
         }
-        let mut r = pb::TtyWinResizeRequest::new();
-        r.container_id = process.container_id.into();
-        r.exec_id = process.exec_id.into();
-        r.row = size.0.into();
-        r.column = size.1.into();
-        match process.agent.tty_win_resize(ctx(Some(CALL_TIMEOUT)), &r) {
+        match agent.resize_tty(process, size.0, size.1) {
             Ok(_) => self.last = Some(size),
             Err(e) => {
                 tracing::debug!(error = %e, "TtyWinResize");

@@ -1,28 +1,38 @@
-//! VM isolation: one sandbox VM per container, booted by a [`Hypervisor`], with the
-//! container's rootfs (and its bind-mount sources) shared over virtio-fs and the
-//! container run by husk-agent, driven over ttrpc on hybrid vsock.
+//! The sandbox: one VM's whole life, for every front end (the CLI's supervisor, a
+//! pod of one; the containerd shim, a pod of many).
 //!
-//! The sandbox keeps everything of the VM (sockets, logs, the shared directory with
-//! the rootfs bind-mounted into it) under one state directory and removes all of it,
-//! and every VM process, when dropped — also after errors. A supervisor that must
-//! leave the container's state for `husk state`/`husk delete` tears the VM down with
-//! [`VmSandbox::shutdown`] and keeps the state files.
+//! [`Sandbox::boot`] tells the story in order: claim the state directory, prepare
+//! the host side (a network namespace for hooks to fill, the `prestart` and
+//! `createRuntime` hooks), carry the network namespace (taps), start the VM through a
+//! [`Hypervisor`], connect to its agent, configure the guest's network, create the
+//! guest sandbox. [`Sandbox::add_container`] shares a container's rootfs and mounts
+//! under a folder of its own (see [`super::share`]) and creates it in the guest;
+//! [`Sandbox::remove_container`] undoes that. Everything else a front end does with
+//! a container goes through [`Sandbox::agent`].
+//!
+//! One teardown, [`release`], serves a live sandbox ([`Sandbox::shutdown`], also on
+//! drop) and one whose owner died ([`teardown_dir`], for `husk delete` and the shim's
+//! `delete`). It acts only on what the sandbox recorded in its marker
+//! (`sandbox.json`: the owner's pid, the VM's pids, every mount it made), never on
+//! what it finds in the guest-writable share.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use husk_agent_protocol::agent as pb;
-use husk_agent_protocol::agent_ttrpc::{AgentClient, HealthClient};
-use husk_agent_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::guest_spec::{SharedMount, MOUNTS_DIR};
+use super::agent::{Agent, AgentError, GuestAgent, GuestContainer, ProcessAddr};
+use super::guest_spec::{HostHooks, SharedMount};
 use super::network::{self, NetworkPlan};
-use super::relay::{self, HostStdio, ProcessRef, RelayError};
+use super::relay::{self, HostStdio, RelayError};
+use super::share::{self, ContainerShare, ShareError, StateDir, SHARED_DIR};
+use super::signals::ForwardedSignals;
 use crate::hypervisor::{
     Accel, GuestArtifacts, Hypervisor, NetDevice, RunningVm, VmSpec, SHARED_FS_TAG, VSOCK_SOCKET,
 };
@@ -30,29 +40,25 @@ use crate::hypervisor::{
 /// How long the agent gets to answer after the VMM starts (TCG boots in ~1.5 s here;
 /// a loaded machine can take much longer).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Timeout of ordinary agent calls.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The VMM gets this long to exit by itself after DestroySandbox.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of guest console quoted in errors (the whole log goes to the debug log).
 const CONSOLE_LINES: usize = 40;
 /// What husk-agent logs on the console once it serves.
 const AGENT_READY: &[u8] = b"husk-agent ready on vsock";
-/// Name of the rootfs inside the shared directory.
-const ROOTFS_NAME: &str = "rootfs";
-/// Signals a foreground `run` forwards to the container.
-const FORWARDED: [Signal; 6] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
+/// The file that marks a directory as a VM sandbox's state (see [`SandboxRecord`]).
+pub const MARKER: &str = "sandbox.json";
+/// The logs a debug teardown copies into husk's own log.
+const SANDBOX_LOGS: [&str; 4] = [
+    "console.log",
+    "qemu.log",
+    "virtiofsd.log",
+    "vhost-device-vsock.log",
 ];
 
 /// Errors of a VM sandbox.
 #[derive(Debug, thiserror::Error)]
-pub enum VmSandboxError {
+pub enum SandboxError {
     #[error(transparent)]
     Hypervisor(#[from] crate::hypervisor::HypervisorError),
     #[error("{what}: {source}")]
@@ -60,8 +66,6 @@ pub enum VmSandboxError {
         what: String,
         source: std::io::Error,
     },
-    #[error("{what}: {source}")]
-    Sys { what: String, source: nix::Error },
     /// The agent never answered.
     #[error("the guest agent did not answer within {timeout:?} ({last}){console}")]
     AgentTimeout {
@@ -77,8 +81,15 @@ pub enum VmSandboxError {
         console: String,
     },
     /// An agent call failed.
-    #[error("agent {call} failed: {message}")]
-    Agent { call: &'static str, message: String },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The guest agent is older than this husk.
+    #[error(
+        "the guest agent {agent} speaks protocol {has}, this husk needs {needs}: the \
+         initramfs is stale; rebuild it (make initramfs) or point [vm] initramfs at a \
+         current one"
+    )]
+    StaleAgent { agent: String, has: u32, needs: u32 },
     /// The bundle's spec cannot be used in the guest.
     #[error("config.json cannot be used in vm isolation: {0}")]
     Spec(String),
@@ -93,57 +104,85 @@ pub enum VmSandboxError {
     Relay(#[from] RelayError),
     /// Carrying the container's network into the guest failed.
     #[error(transparent)]
-    Network(#[from] super::network::NetworkError),
+    Network(#[from] network::NetworkError),
+    /// Sharing a container's files with the guest failed.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// The guest already has a container of that id.
+    #[error("the sandbox already has a container {0}")]
+    ContainerExists(String),
+    /// A host hook (prestart, createRuntime) failed: the container is not created.
+    #[error("{kind} hook {path} failed: {source}")]
+    Hook {
+        kind: &'static str,
+        path: PathBuf,
+        source: libcontainer::hooks::HookError,
+    },
+    /// The sandbox's own network namespace on the host could not be made.
+    #[error("cannot give the sandbox its own network namespace on the host: {0}")]
+    NetworkNamespace(nix::Error),
 }
 
-fn agent_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> VmSandboxError {
-    move |e| match relay::agent_error(call, e) {
-        RelayError::Agent { call, message } => VmSandboxError::Agent { call, message },
-        other => VmSandboxError::Relay(other),
+impl SandboxError {
+    /// Whether the message already carries the guest console.
+    pub fn has_console(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::AgentTimeout { .. }
+                | SandboxError::VmExited { .. }
+                | SandboxError::Relay(RelayError::VmGone(_))
+        )
     }
 }
 
-use relay::ctx;
-
-/// Signals blocked in every thread of husk and read from a signalfd, so they can be
-/// forwarded to the container instead of killing husk (and leaking the VM).
-pub struct ForwardedSignals {
-    fd: SignalFd,
-    old: SigSet,
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
 }
 
-impl ForwardedSignals {
-    /// Blocks the forwarded signals in this thread (threads spawned later inherit the
-    /// mask; child processes get an empty mask from std's `Command`).
-    pub fn block() -> Result<Self, VmSandboxError> {
-        let mut set = SigSet::empty();
-        for s in FORWARDED {
-            set.add(s);
-        }
-        let mut old = SigSet::empty();
-        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
-            .map_err(|source| VmSandboxError::Sys {
-                what: "block signals".into(),
-                source,
-            })?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|source| VmSandboxError::Sys {
-                what: "signalfd".into(),
-                source,
-            })?;
-        Ok(Self { fd, old })
+/// What a sandbox records about itself, in its marker, for whoever tears it down.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// The husk process that owns the sandbox (supervisor, shim).
+    pub husk_pid: u32,
+    /// The VM's host processes, the VMM first.
+    #[serde(default)]
+    pub pids: Vec<u32>,
+    /// Every mount made in the share, relative to the state dir, in order.
+    #[serde(default)]
+    pub mounts: Vec<PathBuf>,
+    /// The containers' folders in the share (`c/<guest id>`).
+    #[serde(default)]
+    pub folders: Vec<String>,
+}
+
+impl SandboxRecord {
+    fn store(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{MARKER}.tmp"));
+        let body = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, dir.join(MARKER))
     }
 
-    /// A pending signal, if any.
-    pub fn pending(&self) -> Option<Signal> {
-        let info = self.fd.read_signal().ok()??;
-        Signal::try_from(info.ssi_signo as i32).ok()
+    /// The record in `dir`, if it has one husk wrote.
+    pub fn load(dir: &Path) -> Option<Self> {
+        let text = std::fs::read(dir.join(MARKER)).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 }
 
-impl Drop for ForwardedSignals {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
+/// Connects to a sandbox's agent. The real one is [`GuestAgentConnector`]; tests
+/// pass their own.
+pub trait AgentConnector {
+    fn connect(&self, socket: &Path, timeout: Duration) -> Result<Arc<dyn Agent>, AgentError>;
+}
+
+/// Connects to husk-agent over the sandbox's hybrid vsock socket.
+pub struct GuestAgentConnector;
+
+impl AgentConnector for GuestAgentConnector {
+    fn connect(&self, socket: &Path, timeout: Duration) -> Result<Arc<dyn Agent>, AgentError> {
+        Ok(Arc::new(GuestAgent::connect_within(socket, timeout)?))
     }
 }
 
@@ -171,86 +210,107 @@ impl SocketDir {
     }
 }
 
-/// One booted sandbox VM with its agent connection.
-pub struct VmSandbox {
-    dir: PathBuf,
-    shared_rootfs: PathBuf,
-    mounted: bool,
-    /// Bind-mount sources bound under `shared/mounts/`, unmounted at teardown.
-    shared_mounts: Vec<PathBuf>,
-    console: PathBuf,
-    vm: Option<RunningVm>,
-    client: Option<ttrpc::Client>,
-    destroyed: bool,
-    /// The container's network namespace wired to the VM's taps.
-    network: Option<network::Attachment>,
-    /// VMM start to first health check answered.
-    pub boot_time: Duration,
-    pub accel: Accel,
+/// What runs on the host before the VM boots, in the runtime's namespaces as runc
+/// does it: the spec's `prestart` and `createRuntime` hooks, with the `creating`
+/// state of container `id` on stdin.
+pub struct HostSetup<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub annotations: Option<&'a HashMap<String, String>>,
+    pub hooks: &'a HostHooks,
 }
 
-/// What [`VmSandbox::boot`] needs.
+/// What [`Sandbox::boot`] needs.
 pub struct BootParams<'a> {
     pub hypervisor: &'a dyn Hypervisor,
+    pub connector: &'a dyn AgentConnector,
     pub artifacts: GuestArtifacts,
-    /// The sandbox's state directory (removed on drop). Must not exist unless
+    /// The sandbox's state directory (removed at teardown). Must not exist unless
     /// `claimed`.
     pub dir: PathBuf,
     /// The caller made `dir` with [`claim_dir`] (the id is taken atomically before
     /// the boot starts).
     pub claimed: bool,
-    /// The container's rootfs on the host, shared with the guest.
-    pub rootfs: &'a Path,
-    /// Host sources of the container's bind mounts, shared under `shared/mounts/`.
-    pub mounts: &'a [SharedMount],
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// Forwarded signals: one arriving during the boot stops it.
     pub signals: Option<&'a ForwardedSignals>,
-    /// The guest's network (the spec's network namespace).
+    /// The guest's network (the first container's network namespace).
     pub network: &'a NetworkPlan,
+    /// Hooks to run on the host first.
+    pub host_setup: Option<HostSetup<'a>>,
+    /// The guest sandbox's id and hostname (CreateSandbox).
+    pub sandbox_id: &'a str,
+    pub hostname: &'a str,
 }
 
-impl VmSandbox {
-    /// Boots the VM and waits for its agent.
-    pub fn boot(p: BootParams<'_>) -> Result<Self, VmSandboxError> {
+/// A container to add to a running sandbox.
+pub struct NewContainer<'a> {
+    /// Its id in the guest (see [`super::guest_spec::guest_container_id`]).
+    pub guest_id: &'a str,
+    /// Its rootfs on the host.
+    pub rootfs: &'a Path,
+    /// Host sources of its bind mounts.
+    pub mounts: &'a [SharedMount],
+    /// The guest spec (see [`super::guest_spec::plan`], made for this guest id).
+    pub spec: &'a Value,
+    /// Keep its stdin open for the host to write.
+    pub stdin: bool,
+}
+
+/// One booted sandbox VM with its agent and containers.
+pub struct Sandbox {
+    dir: PathBuf,
+    state_dir: StateDir,
+    console: PathBuf,
+    vm: Option<RunningVm>,
+    agent: Option<Arc<dyn Agent>>,
+    sandbox_id: String,
+    /// The container's network namespace wired to the VM's taps.
+    network: Option<network::Attachment>,
+    containers: HashMap<String, ContainerShare>,
+    record: SandboxRecord,
+    destroyed: bool,
+    /// VMM start to first health check answered.
+    pub boot_time: Duration,
+    pub accel: Accel,
+}
+
+impl Sandbox {
+    /// Boots the VM, waits for its agent and creates the guest sandbox. On failure
+    /// everything made is undone (dropping the half-made sandbox tears it down).
+    pub fn boot(p: BootParams<'_>) -> Result<Self, SandboxError> {
         if !p.claimed {
             claim_dir(&p.dir)?;
         }
-        let shared = p.dir.join("shared");
+        let state_dir = match StateDir::open(&p.dir) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = release_dir(&p.dir);
+                return Err(e.into());
+            }
+        };
         let mut sandbox = Self {
-            shared_rootfs: shared.join(ROOTFS_NAME),
             console: p.dir.join("console.log"),
+            state_dir,
             dir: p.dir,
-            mounted: false,
-            shared_mounts: Vec::new(),
             vm: None,
-            client: None,
-            destroyed: false,
+            agent: None,
+            sandbox_id: p.sandbox_id.to_string(),
             network: None,
+            containers: HashMap::new(),
+            record: SandboxRecord {
+                husk_pid: std::process::id(),
+                ..Default::default()
+            },
+            destroyed: false,
             boot_time: Duration::ZERO,
             accel: p.hypervisor.accel(),
         };
-        let io = |what: String| move |source| VmSandboxError::Io { what, source };
-        std::fs::create_dir_all(&sandbox.shared_rootfs)
-            .map_err(io(format!("create {}", sandbox.shared_rootfs.display())))?;
-        // Share only the rootfs: bind it into an otherwise empty directory.
-        nix::mount::mount(
-            Some(p.rootfs),
-            &sandbox.shared_rootfs,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|source| VmSandboxError::Sys {
-            what: format!(
-                "bind {} into the shared directory {}",
-                p.rootfs.display(),
-                shared.display()
-            ),
-            source,
-        })?;
-        sandbox.mounted = true;
-        sandbox.share_mounts(&shared, p.mounts)?;
+        sandbox.state_dir.make_dirs(Path::new(SHARED_DIR))?;
+        if let Some(setup) = &p.host_setup {
+            prepare_host_side(setup, p.network)?;
+        }
         match p.network {
             NetworkPlan::Carry(namespace) => {
                 sandbox.network = Some(network::attach(namespace, &sandbox.dir)?);
@@ -277,10 +337,9 @@ impl VmSandbox {
             .unwrap_or_default();
         let sockets =
             SocketDir::open(&sandbox.dir).map_err(io(format!("open {}", sandbox.dir.display())))?;
-        let vsock = sockets.path(VSOCK_SOCKET);
         let spec = VmSpec {
             artifacts: p.artifacts,
-            shared_dir: shared,
+            shared_dir: sandbox.dir.join(SHARED_DIR),
             state_dir: sandbox.dir.clone(),
             memory_mib: p.memory_mib,
             vcpus: p.vcpus,
@@ -288,22 +347,18 @@ impl VmSandbox {
         };
         let started = Instant::now();
         let vm = p.hypervisor.start(&spec)?;
-        let pids = vm.pids();
+        sandbox.record.pids = vm.pids();
         sandbox.vm = Some(vm);
-        write_marker(&sandbox.dir, &pids).map_err(|source| VmSandboxError::Io {
-            what: format!("write {}", sandbox.dir.join(MARKER).display()),
-            source,
-        })?;
-        let client = sandbox.connect(&vsock, started, p.signals)?;
+        sandbox.store_record()?;
+        let agent =
+            sandbox.connect(p.connector, &sockets.path(VSOCK_SOCKET), started, p.signals)?;
         drop(sockets);
         sandbox.boot_time = started.elapsed();
-        sandbox.client = Some(client);
         if let Some(network) = &sandbox.network {
-            sandbox
-                .agent()
-                .configure_network(ctx(Some(CALL_TIMEOUT)), &network.request)
-                .map_err(agent_err("ConfigureNetwork"))?;
+            agent.configure_network(&network.guest)?;
         }
+        agent.create_sandbox(p.sandbox_id, p.hostname, SHARED_FS_TAG)?;
+        sandbox.agent = Some(agent);
         tracing::info!(
             hypervisor = p.hypervisor.name(),
             accel = %sandbox.accel,
@@ -313,52 +368,100 @@ impl VmSandbox {
         Ok(sandbox)
     }
 
-    /// Binds each bind-mount source to `shared/mounts/<name>` (read-only on the host
-    /// for `ro` mounts: the guest kernel is not trusted to honour it alone).
-    fn share_mounts(
-        &mut self,
-        shared: &Path,
-        mounts: &[SharedMount],
-    ) -> Result<(), VmSandboxError> {
-        if mounts.is_empty() {
-            return Ok(());
+    fn store_record(&self) -> Result<(), SandboxError> {
+        self.record
+            .store(&self.dir)
+            .map_err(io(format!("write {}", self.dir.join(MARKER).display())))
+    }
+
+    /// Shares a container's rootfs and mounts under its own folder and creates it in
+    /// the guest; its process waits for StartContainer. On failure nothing of it is
+    /// left.
+    pub fn add_container(&mut self, c: NewContainer<'_>) -> Result<(), SandboxError> {
+        if self.containers.contains_key(c.guest_id) {
+            return Err(SandboxError::ContainerExists(c.guest_id.to_string()));
         }
-        let dir = shared.join(MOUNTS_DIR);
-        std::fs::create_dir(&dir).map_err(|source| VmSandboxError::Io {
-            what: format!("create {}", dir.display()),
-            source,
-        })?;
-        for m in mounts {
-            let target = dir.join(&m.name);
-            let made = if m.is_dir {
-                std::fs::create_dir(&target)
-            } else {
-                std::fs::File::create(&target).map(drop)
-            };
-            made.map_err(|source| VmSandboxError::Io {
-                what: format!("create {}", target.display()),
-                source,
-            })?;
-            nix::mount::mount(
-                Some(&m.source),
-                &target,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|source| VmSandboxError::Sys {
-                what: format!(
-                    "share bind-mount source {} with the guest",
-                    m.source.display()
-                ),
-                source,
-            })?;
-            self.shared_mounts.push(target.clone());
-            if m.read_only {
-                remount_read_only(&target)?;
+        let agent = self.agent().clone();
+        let before = self.record.mounts.clone();
+        self.record
+            .folders
+            .push(share::container_folder(c.guest_id));
+        let (dir, record) = (&self.dir, &mut self.record);
+        let mut write_record = |mounts: &[PathBuf]| {
+            record.mounts = before.iter().chain(mounts).cloned().collect();
+            record.store(dir)
+        };
+        let shared = share::share_container(
+            &self.state_dir,
+            c.guest_id,
+            c.rootfs,
+            c.mounts,
+            &mut write_record,
+        );
+        let shared = match shared {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget_folder(c.guest_id);
+                if let Err(err) = self.store_record() {
+                    tracing::warn!(error = %err, "cannot update the sandbox record");
+                }
+                return Err(e.into());
             }
+        };
+        let spec_json = serde_json::to_vec(c.spec).map_err(|e| SandboxError::Spec(e.to_string()));
+        let created = spec_json.and_then(|json| {
+            agent
+                .create_container(&GuestContainer {
+                    id: c.guest_id,
+                    spec_json: &json,
+                    rootfs: &shared.guest_rootfs(),
+                    stdin: c.stdin,
+                })
+                .map_err(SandboxError::from)
+        });
+        self.containers.insert(c.guest_id.to_string(), shared);
+        if let Err(e) = created {
+            self.unshare(c.guest_id);
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Removes a container from the guest and stops sharing its files.
+    pub fn remove_container(&mut self, guest_id: &str) {
+        if let Some(agent) = &self.agent {
+            if let Err(e) = agent.remove_container(guest_id) {
+                tracing::debug!(guest_id, error = %e, "RemoveContainer");
+            }
+        }
+        self.unshare(guest_id);
+    }
+
+    fn unshare(&mut self, guest_id: &str) {
+        let Some(shared) = self.containers.remove(guest_id) else {
+            return;
+        };
+        let left = share::unshare_container(&self.state_dir, &shared);
+        self.record
+            .mounts
+            .retain(|m| !shared.mounts.contains(m) || left.contains(m));
+        if left.is_empty() {
+            self.forget_folder(guest_id);
+        } else {
+            tracing::error!(
+                guest_id,
+                ?left,
+                "a container's shared files are still mounted"
+            );
+        }
+        if let Err(e) = self.store_record() {
+            tracing::warn!(error = %e, "cannot update the sandbox record");
+        }
+    }
+
+    fn forget_folder(&mut self, guest_id: &str) {
+        let folder = share::container_folder(guest_id);
+        self.record.folders.retain(|f| *f != folder);
     }
 
     /// The state directory.
@@ -366,9 +469,19 @@ impl VmSandbox {
         &self.dir
     }
 
+    /// The guest agent (the sandbox is booted).
+    pub fn agent(&self) -> &Arc<dyn Agent> {
+        self.agent.as_ref().expect("a booted sandbox has an agent")
+    }
+
     /// The pids of the VM's host processes, the VMM first.
     pub fn pids(&self) -> Vec<u32> {
         self.vm.as_ref().map(RunningVm::pids).unwrap_or_default()
+    }
+
+    /// The VMM's host pid (0 before boot).
+    pub fn vmm_pid(&self) -> u32 {
+        self.pids().first().copied().unwrap_or(0)
     }
 
     /// The end of the guest console log so far (for error reports).
@@ -376,13 +489,19 @@ impl VmSandbox {
         console_tail(&self.console, CONSOLE_LINES)
     }
 
-    fn vm_gone(&mut self, when: &'static str) -> Option<VmSandboxError> {
+    fn vm_gone(&mut self, when: &'static str) -> Option<SandboxError> {
         let status = self.vm.as_mut()?.vmm_exited()?;
-        Some(VmSandboxError::VmExited {
+        Some(SandboxError::VmExited {
             status: status.to_string(),
             when,
             console: format!("\n{}", self.console_log()),
         })
+    }
+
+    /// Whether the VMM has exited: then why, with the end of the guest console (for
+    /// a long-lived owner such as the containerd shim, which polls its pod's VM).
+    pub fn vmm_exited(&mut self) -> Option<String> {
+        self.vm_gone("under its containers").map(|e| e.to_string())
     }
 
     /// Whether the agent has logged that it serves (on the serial console). The first
@@ -397,114 +516,59 @@ impl VmSandbox {
 
     fn connect(
         &mut self,
+        connector: &dyn AgentConnector,
         vsock: &Path,
         started: Instant,
         signals: Option<&ForwardedSignals>,
-    ) -> Result<ttrpc::Client, VmSandboxError> {
+    ) -> Result<Arc<dyn Agent>, SandboxError> {
         let mut last = String::from("no attempt");
         while started.elapsed() < AGENT_TIMEOUT {
             if let Some(err) = self.vm_gone("while booting") {
                 return Err(err);
             }
             if let Some(sig) = signals.and_then(ForwardedSignals::pending) {
-                return Err(VmSandboxError::Interrupted(sig));
+                return Err(SandboxError::Interrupted(sig));
             }
             if !self.agent_logged_ready() {
                 last = "the agent has not logged ready on the console yet".into();
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            match hybrid_vsock::connect_ttrpc(vsock, AGENT_VSOCK_PORT, Duration::from_secs(5)) {
-                Ok(client) => {
-                    let health = HealthClient::new(client.clone());
-                    match health.check(ctx(Some(CALL_TIMEOUT)), &pb::CheckRequest::new()) {
-                        Ok(_) => {
-                            check_protocol(&health)?;
-                            return Ok(client);
-                        }
-                        Err(e) => last = format!("health check: {e}"),
+            match connector.connect(vsock, Duration::from_secs(5)) {
+                Ok(agent) => match agent.check() {
+                    Ok(()) => {
+                        check_protocol(agent.as_ref())?;
+                        return Ok(agent);
                     }
-                }
-                Err(e) => last = e.to_string(),
+                    Err(e) => last = format!("health check: {}", e.describe()),
+                },
+                Err(e) => last = e.describe(),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(VmSandboxError::AgentTimeout {
+        Err(SandboxError::AgentTimeout {
             timeout: AGENT_TIMEOUT,
             last,
             console: format!("\n{}", self.console_log()),
         })
     }
 
-    /// Whether the VMM has exited: then why, with the end of the guest console (for
-    /// a long-lived owner such as the containerd shim, which polls its pod's VM).
-    pub fn vmm_exited(&mut self) -> Option<String> {
-        self.vm_gone("under its containers").map(|e| e.to_string())
-    }
-
-    /// A client of the sandbox's agent.
-    pub fn agent(&self) -> AgentClient {
-        AgentClient::new(self.client.clone().expect("connected sandbox"))
-    }
-
-    /// CreateSandbox (hostname, shared directory) and CreateContainer from a guest
-    /// spec (see [`super::guest_spec::plan`]); the container's process waits for
-    /// [`VmSandbox::start_container`]. Its stdin is relayed from the host.
-    pub fn create_container(
-        &mut self,
-        container_id: &str,
-        spec: &Value,
-    ) -> Result<(), VmSandboxError> {
-        let agent = self.agent();
-        let mut sb = pb::CreateSandboxRequest::new();
-        sb.sandbox_id = container_id.into();
-        sb.hostname = spec
-            .get("hostname")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .into();
-        sb.shared_fs_tag = SHARED_FS_TAG.into();
-        agent
-            .create_sandbox(ctx(Some(CALL_TIMEOUT)), &sb)
-            .map_err(agent_err("CreateSandbox"))?;
-        let mut req = pb::CreateContainerRequest::new();
-        req.container_id = container_id.into();
-        req.oci_spec_json =
-            serde_json::to_vec(spec).map_err(|e| VmSandboxError::Spec(e.to_string()))?;
-        req.rootfs = ROOTFS_NAME.into();
-        req.stdin = true;
-        agent
-            .create_container(ctx(Some(CALL_TIMEOUT)), &req)
-            .map_err(agent_err("CreateContainer"))?;
-        Ok(())
-    }
-
-    /// Lets a created container's process run.
-    pub fn start_container(&mut self, container_id: &str) -> Result<(), VmSandboxError> {
-        start_container(&self.agent(), container_id)
-    }
-
     /// Relays a process of the sandbox (see [`relay::relay_process`]) and returns its
     /// exit status; a VMM that dies meanwhile is reported with the guest console.
     pub fn relay(
         &mut self,
-        container_id: &str,
-        exec_id: &str,
+        process: &ProcessAddr,
         stdio: HostStdio,
         signals: Option<&ForwardedSignals>,
-    ) -> Result<i32, VmSandboxError> {
-        let agent = self.agent();
-        let process = ProcessRef {
-            agent: &agent,
-            container_id,
-            exec_id,
-        };
+    ) -> Result<i32, SandboxError> {
+        let agent = self.agent().clone();
         let mut vm_gone = || {
             self.vm_gone("while the container ran")
                 .map(|e| e.to_string())
         };
         Ok(relay::relay_process(
-            &process,
+            &agent,
+            process,
             stdio,
             signals,
             &mut vm_gone,
@@ -512,13 +576,13 @@ impl VmSandbox {
     }
 
     /// Tears the sandbox down: DestroySandbox (the agent removes the containers and
-    /// resets the VM), then stops the VM processes, unmounts and removes the state
-    /// directory. Idempotent; also run on drop.
+    /// resets the VM), then stops the VM processes, unshares everything and removes
+    /// the state directory. Idempotent; also run on drop.
     pub fn destroy(&mut self) {
         self.shutdown(&[]);
     }
 
-    /// Like [`VmSandbox::destroy`], but the files named in `keep` stay in the state
+    /// Like [`Sandbox::destroy`], but the files named in `keep` stay in the state
     /// directory (with it): a stopped container's state until `husk delete`.
     pub fn shutdown(&mut self, keep: &[&str]) {
         if self.destroyed {
@@ -527,12 +591,9 @@ impl VmSandbox {
         self.destroyed = true;
         let vm_alive = self.vm.as_mut().is_some_and(|vm| vm.vmm_exited().is_none());
         let mut grace = Duration::ZERO;
-        if let (Some(client), true) = (self.client.take(), vm_alive) {
-            let agent = AgentClient::new(client);
-            let mut d = pb::DestroySandboxRequest::new();
-            d.sandbox_id = "husk".into();
-            match agent.destroy_sandbox(ctx(Some(Duration::from_secs(10))), &d) {
-                Ok(_) => grace = STOP_GRACE,
+        if let (Some(agent), true) = (self.agent.take(), vm_alive) {
+            match agent.destroy_sandbox(&self.sandbox_id) {
+                Ok(()) => grace = STOP_GRACE,
                 Err(e) => tracing::warn!(error = %e, "DestroySandbox failed; killing the VM"),
             }
         }
@@ -543,49 +604,22 @@ impl VmSandbox {
             network.detach();
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            for log in [
-                "console.log",
-                "qemu.log",
-                "virtiofsd.log",
-                "vhost-device-vsock.log",
-            ] {
+            for log in SANDBOX_LOGS {
                 let text = std::fs::read(self.dir.join(log)).unwrap_or_default();
                 tracing::debug!(
-                    text = %String::from_utf8_lossy(&text),
+                    text = %super::agent::escape_guest_text(&String::from_utf8_lossy(&text)),
                     "sandbox log {log}"
                 );
             }
         }
-        self.shared_mounts.retain(|target| {
-            match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %target.display(), "cannot unmount a shared bind-mount source");
-                    true
-                }
-            }
-        });
-        if self.mounted {
-            if let Err(e) =
-                nix::mount::umount2(&self.shared_rootfs, nix::mount::MntFlags::MNT_DETACH)
-            {
-                tracing::warn!(error = %e, path = %self.shared_rootfs.display(), "cannot unmount the shared rootfs");
-            } else {
-                self.mounted = false;
-            }
-        }
-        if self.mounted || !self.shared_mounts.is_empty() {
-            // Never recurse into a still-mounted rootfs or volume.
-            tracing::error!(dir = %self.dir.display(), "leaving the sandbox dir: rootfs or a volume still mounted");
-            return;
-        }
-        if let Err(e) = remove_sandbox_dir(&self.dir, keep) {
+        self.containers.clear();
+        if let Err(e) = release(&self.dir, &self.state_dir, &self.record, keep) {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove the sandbox dir");
         }
     }
 }
 
-impl Drop for VmSandbox {
+impl Drop for Sandbox {
     fn drop(&mut self) {
         self.destroy();
     }
@@ -593,55 +627,84 @@ impl Drop for VmSandbox {
 
 /// Refuses an agent older than this husk: an initramfs built from an older agent
 /// would fail later, call by call, with "method does not exist".
-fn check_protocol(health: &HealthClient) -> Result<(), VmSandboxError> {
-    let version = health
-        .version(ctx(Some(CALL_TIMEOUT)), &pb::CheckRequest::new())
-        .map_err(agent_err("Version"))?;
+fn check_protocol(agent: &dyn Agent) -> Result<(), SandboxError> {
+    let version = agent.version()?;
     if version.protocol_version < husk_agent_protocol::PROTOCOL_VERSION {
-        return Err(VmSandboxError::Agent {
-            call: "Version",
-            message: format!(
-                "the guest agent {} speaks protocol {}, this husk needs {}: the initramfs is \
-                 stale; rebuild it (make initramfs) or point [vm] initramfs at a current one",
-                version.agent_version,
-                version.protocol_version,
-                husk_agent_protocol::PROTOCOL_VERSION
-            ),
+        return Err(SandboxError::StaleAgent {
+            agent: version.agent_version,
+            has: version.protocol_version,
+            needs: husk_agent_protocol::PROTOCOL_VERSION,
         });
+    }
+    Ok(())
+}
+
+/// For a network namespace that hooks prepare, this process (the container's
+/// stand-in, whose pid the engine and the hooks see) moves into a new network
+/// namespace; then the hooks run. Docker's `libnetwork-setkey` prestart hook moves
+/// the container's veth into `/proc/<our pid>/ns/net` this way; the boot then
+/// carries it. Must run on the main thread, whose namespace `/proc/<pid>/ns/net`
+/// names.
+fn prepare_host_side(setup: &HostSetup<'_>, network: &NetworkPlan) -> Result<(), SandboxError> {
+    use libcontainer::container::{ContainerStatus, State};
+    if *network == NetworkPlan::Prepared {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(SandboxError::NetworkNamespace)?;
+    }
+    if setup.hooks.is_empty() {
+        return Ok(());
+    }
+    let mut state = State::new(
+        setup.id,
+        ContainerStatus::Creating,
+        Some(std::process::id() as i32),
+        setup.bundle.to_path_buf(),
+    );
+    state.annotations = setup.annotations.cloned();
+    for (kind, list) in [
+        ("prestart", &setup.hooks.prestart),
+        ("createRuntime", &setup.hooks.create_runtime),
+    ] {
+        for hook in list {
+            tracing::debug!(id = setup.id, kind, path = %hook.path().display(), "running host hook");
+            libcontainer::hooks::run_hooks(
+                Some(&vec![hook.clone()]),
+                Some(&state),
+                Some(setup.bundle),
+                None,
+                None,
+            )
+            .map_err(|source| SandboxError::Hook {
+                kind,
+                path: hook.path().clone(),
+                source,
+            })?;
+        }
     }
     Ok(())
 }
 
 /// Creates a sandbox's state directory (mode 0700; failing if it exists, which makes
 /// it the atomic claim of a container id) with its marker.
-pub fn claim_dir(dir: &Path) -> Result<(), VmSandboxError> {
+pub fn claim_dir(dir: &Path) -> Result<(), SandboxError> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
-        .map_err(|source| VmSandboxError::Io {
-            what: format!("create sandbox state dir {}", dir.display()),
-            source,
-        })?;
+        .map_err(io(format!("create sandbox state dir {}", dir.display())))?;
     // The marker first, before anything is mounted: `husk delete` recognises a
-    // sandbox by it and never recurses into a directory holding the rootfs.
-    write_marker(dir, &[]).map_err(|source| {
+    // sandbox by it.
+    let record = SandboxRecord {
+        husk_pid: std::process::id(),
+        ..Default::default()
+    };
+    record.store(dir).map_err(|source| {
         // Nothing is mounted yet: the directory can simply go.
         let _ = std::fs::remove_dir_all(dir);
-        VmSandboxError::Io {
+        SandboxError::Io {
             what: format!("write {}", dir.join(MARKER).display()),
             source,
         }
     })
-}
-
-/// The file that marks a directory as a VM sandbox's state: `{"husk_pid", "pids"}`.
-pub const MARKER: &str = "sandbox.json";
-
-fn write_marker(dir: &Path, pids: &[u32]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{MARKER}.tmp"));
-    let body = serde_json::json!({ "husk_pid": std::process::id(), "pids": pids });
-    std::fs::write(&tmp, body.to_string())?;
-    std::fs::rename(&tmp, dir.join(MARKER))
 }
 
 /// Whether `dir` is (or was) a VM sandbox's state directory.
@@ -672,41 +735,52 @@ fn is_vm_process_of(pid: u32, dir: Option<(u64, u64)>, needle: &str) -> bool {
     (cwd.is_some() && cwd == dir) || alive_mentioning(pid, needle)
 }
 
-/// Removes a sandbox state directory without ever recursing into the rootfs bind
-/// mount or a shared volume: those are removed with `remove_dir`/`remove_file`, which
-/// fail on a still-mounted (non-empty or busy) target. Files named in `keep` stay,
-/// and so does the directory then.
-fn remove_sandbox_dir(dir: &Path, keep: &[&str]) -> std::io::Result<()> {
-    let shared = dir.join("shared");
-    let mounts = shared.join(MOUNTS_DIR);
-    if let Ok(entries) = std::fs::read_dir(&mounts) {
-        for entry in entries {
-            let entry = entry?;
-            let removed = if entry.file_type()?.is_dir() {
-                std::fs::remove_dir(entry.path())
-            } else {
-                std::fs::remove_file(entry.path())
-            };
-            removed.map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("{}: {e} (still mounted?)", entry.path().display()),
-                )
-            })?;
+/// The live host processes of the sandbox in `dir` that run its VM (the VMM and its
+/// helpers), as recorded in its marker and still working in `dir`.
+pub fn vm_host_pids(dir: &Path) -> Vec<u32> {
+    let Some(record) = SandboxRecord::load(dir) else {
+        return Vec::new();
+    };
+    let identity = dir_identity(dir);
+    let needle = dir.to_string_lossy().into_owned();
+    record
+        .pids
+        .into_iter()
+        .filter(|&p| is_vm_process_of(p, identity, &needle))
+        .collect()
+}
+
+/// The one teardown of a sandbox's host side, after its VM processes are gone:
+/// unmounts and removes every recorded mount, the containers' folders and the share,
+/// then the state files but those in `keep` (the directory goes too when `keep` is
+/// empty). A mount that cannot be removed keeps the directory (never a recursive
+/// delete into a mounted tree).
+fn release(
+    dir: &Path,
+    state_dir: &StateDir,
+    record: &SandboxRecord,
+    keep: &[&str],
+) -> Result<(), SandboxError> {
+    let left = share::release_mounts(state_dir, &record.mounts);
+    if !left.is_empty() {
+        return Err(SandboxError::Busy(format!(
+            "leaving the sandbox dir {}: still mounted: {left:?}",
+            dir.display()
+        )));
+    }
+    for folder in &record.folders {
+        let base = Path::new(SHARED_DIR).join(folder);
+        for d in [base.join(super::guest_spec::MOUNTS_DIR), base] {
+            state_dir.remove(&d)?;
         }
     }
-    for d in [shared.join(ROOTFS_NAME), mounts, shared.clone()] {
-        match std::fs::remove_dir(&d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("{}: {e} (still mounted?)", d.display()),
-                ))
-            }
-        }
-    }
+    share::remove_shared_dirs(state_dir)?;
+    remove_state_files(dir, keep).map_err(io(format!("remove {}", dir.display())))
+}
+
+/// Removes the files of a state directory (host-only: the guest cannot write there)
+/// but those named in `keep`, and the directory itself when `keep` is empty.
+fn remove_state_files(dir: &Path, keep: &[&str]) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if keep.iter().any(|k| entry.file_name() == *k) {
@@ -728,153 +802,84 @@ fn remove_sandbox_dir(dir: &Path, keep: &[&str]) -> std::io::Result<()> {
 }
 
 /// Removes a claimed sandbox directory in which nothing was mounted or started (a
-/// create that failed early); like everything here it never recurses into mounts.
-pub fn release_dir(dir: &Path) -> std::io::Result<()> {
-    remove_sandbox_dir(dir, &[])
-}
-
-/// Makes a bind mount read-only (a bind mount takes MS_RDONLY only on remount).
-fn remount_read_only(target: &Path) -> Result<(), VmSandboxError> {
-    use nix::mount::MsFlags;
-    nix::mount::mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|source| VmSandboxError::Sys {
-        what: format!("make {} read-only", target.display()),
-        source,
-    })
-}
-
-/// StartContainer through any agent client.
-pub fn start_container(agent: &AgentClient, container_id: &str) -> Result<(), VmSandboxError> {
-    let mut start = pb::StartContainerRequest::new();
-    start.container_id = container_id.into();
-    agent
-        .start_container(ctx(Some(CALL_TIMEOUT)), &start)
-        .map_err(agent_err("StartContainer"))?;
-    Ok(())
+/// create that failed early).
+pub fn release_dir(dir: &Path) -> Result<(), SandboxError> {
+    let state_dir = StateDir::open(dir)?;
+    let record = SandboxRecord::load(dir).unwrap_or_default();
+    release(dir, &state_dir, &record, &[])
 }
 
 /// Connects to the agent of a running sandbox (from any husk process) through its
 /// hybrid vsock socket.
-pub fn connect_agent(dir: &Path) -> Result<AgentClient, VmSandboxError> {
-    let vsock = dir.join(VSOCK_SOCKET);
-    let failed = |e: &dyn std::fmt::Display| VmSandboxError::Agent {
-        call: "connect",
-        message: format!("{}: {e}", vsock.display()),
-    };
-    let sockets = SocketDir::open(dir).map_err(|e| failed(&e))?;
-    let client = hybrid_vsock::connect_ttrpc(
-        &sockets.path(VSOCK_SOCKET),
-        AGENT_VSOCK_PORT,
-        Duration::from_secs(10),
-    )
-    .map_err(|e| failed(&e))?;
-    Ok(AgentClient::new(client))
+pub fn connect_agent(dir: &Path) -> Result<Arc<dyn Agent>, SandboxError> {
+    let sockets = SocketDir::open(dir).map_err(|e| {
+        AgentError::local(
+            super::agent::AgentCall::Connect,
+            format!("{}: {e}", dir.join(VSOCK_SOCKET).display()),
+        )
+    })?;
+    let agent = GuestAgent::connect(&sockets.path(VSOCK_SOCKET)).map_err(|mut e| {
+        // Name the real path, not the descriptor's.
+        e.message = e.message.replace(
+            &sockets.path(VSOCK_SOCKET).display().to_string(),
+            &dir.join(VSOCK_SOCKET).display().to_string(),
+        );
+        e
+    })?;
+    Ok(Arc::new(agent))
 }
 
-/// The live host processes of the sandbox in `dir` that run its VM (the VMM and its
-/// helpers), as recorded in its marker and still working in `dir`.
-pub fn vm_host_pids(dir: &Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(dir.join(MARKER)) else {
-        return Vec::new();
-    };
-    let marker: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let identity = dir_identity(dir);
-    let needle = dir.to_string_lossy().into_owned();
-    marker["pids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| u32::try_from(p.as_u64()?).ok())
-                .filter(|&p| is_vm_process_of(p, identity, &needle))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Cleans up what a sandbox whose husk died (e.g. SIGKILL) left in `dir`: its VM
-/// processes, the rootfs bind mount, the state. If the husk running it is alive, that
-/// is an error unless `force`, which kills it first.
-pub fn remove_stale(dir: &Path, id: &str, force: bool) -> Result<(), VmSandboxError> {
-    let io = |what: String| move |source| VmSandboxError::Io { what, source };
-    let text = std::fs::read_to_string(dir.join(MARKER))
-        .map_err(io(format!("read {}", dir.join(MARKER).display())))?;
-    let marker: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let husk_pid = marker["husk_pid"].as_u64().unwrap_or(0) as u32;
-    if husk_pid != 0 && husk_pid != std::process::id() && alive_mentioning(husk_pid, id) {
+/// Tears down a sandbox whose owner is gone (a supervisor or shim that died, or a
+/// stopped container's state): its VM processes, its network carrying, every
+/// recorded mount, the state. If the husk owning it is alive (its pid recorded, its
+/// command line naming `id`), that is an error unless `force`, which kills it first.
+pub fn teardown_dir(dir: &Path, id: &str, force: bool) -> Result<(), SandboxError> {
+    let record = SandboxRecord::load(dir).ok_or_else(|| SandboxError::Io {
+        what: format!("read {}", dir.join(MARKER).display()),
+        source: std::io::Error::other("missing or not written by husk"),
+    })?;
+    let owner = record.husk_pid;
+    if owner != 0 && owner != std::process::id() && alive_mentioning(owner, id) {
         if !force {
-            return Err(VmSandboxError::Busy(format!(
-                "it is running in vm isolation under husk pid {husk_pid}; signal that \
+            return Err(SandboxError::Busy(format!(
+                "it is running in vm isolation under husk pid {owner}; signal that \
                  process or use --force"
             )));
         }
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(husk_pid as i32), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner as i32), Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while alive_mentioning(husk_pid, id) && Instant::now() < deadline {
+        while alive_mentioning(owner, id) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
     let needle = dir.to_string_lossy().into_owned();
     let identity = dir_identity(dir);
-    let pids: Vec<u32> = marker["pids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_u64())
-                .map(|p| p as u32)
-                .collect()
-        })
-        .unwrap_or_default();
-    for &pid in &pids {
+    for &pid in &record.pids {
         if is_vm_process_of(pid, identity, &needle) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| is_vm_process_of(p, identity, &needle)) && Instant::now() < deadline
+    while record
+        .pids
+        .iter()
+        .any(|&p| is_vm_process_of(p, identity, &needle))
+        && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    if let Ok(entries) = std::fs::read_dir(dir.join("shared").join(MOUNTS_DIR)) {
-        for entry in entries.flatten() {
-            match nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-                Err(source) => {
-                    return Err(VmSandboxError::Sys {
-                        what: format!("unmount {}", entry.path().display()),
-                        source,
-                    })
-                }
-            }
-        }
-    }
     network::detach_recorded(dir);
-    let rootfs = dir.join("shared").join(ROOTFS_NAME);
-    if rootfs.exists() {
-        // EINVAL: not mounted (any more).
-        match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-            Err(source) => {
-                return Err(VmSandboxError::Sys {
-                    what: format!("unmount {}", rootfs.display()),
-                    source,
-                })
-            }
-        }
-    }
-    remove_sandbox_dir(dir, &[]).map_err(io(format!("remove {}", dir.display())))
+    // The owner may have recorded more since we read it.
+    let record = SandboxRecord::load(dir).unwrap_or(record);
+    let state_dir = StateDir::open(dir)?;
+    release(dir, &state_dir, &record, &[])
 }
 
-/// The last `lines` lines of the guest console, framed for an error message.
+/// The last `lines` lines of the guest console, framed for an error message (guest
+/// text, escaped).
 pub fn console_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+    let text = super::agent::escape_guest_text(&String::from_utf8_lossy(&text));
     let all: Vec<&str> = text.trim_end().lines().collect();
     let start = all.len().saturating_sub(lines);
     format!(
@@ -885,67 +890,5 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
     )
 }
 
-impl VmSandboxError {
-    /// Whether the message already carries the guest console.
-    pub fn has_console(&self) -> bool {
-        matches!(
-            self,
-            VmSandboxError::AgentTimeout { .. }
-                | VmSandboxError::VmExited { .. }
-                | VmSandboxError::Relay(RelayError::VmGone(_))
-        )
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A directory whose own path leaves no room in `sun_path` for a socket in it.
-    fn long_dir() -> (tempfile::TempDir, PathBuf) {
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("d".repeat(64)).join("e".repeat(64));
-        std::fs::create_dir_all(&dir).unwrap();
-        (base, dir)
-    }
-
-    #[test]
-    fn sockets_beyond_sun_path_are_reached_through_the_dir() {
-        let (_base, dir) = long_dir();
-        assert!(std::os::unix::net::UnixListener::bind(dir.join(VSOCK_SOCKET)).is_err());
-        let sockets = SocketDir::open(&dir).unwrap();
-        let short = sockets.path(VSOCK_SOCKET);
-        assert!(short.as_os_str().len() < 40, "{}", short.display());
-        let listener = std::os::unix::net::UnixListener::bind(&short).unwrap();
-        assert!(dir.join(VSOCK_SOCKET).exists());
-        std::os::unix::net::UnixStream::connect(sockets.path(VSOCK_SOCKET)).unwrap();
-        listener.accept().unwrap();
-    }
-
-    #[test]
-    fn vm_processes_are_recognised_by_their_working_dir() {
-        let (_base, dir) = long_dir();
-        let other = tempfile::tempdir().unwrap();
-        let mut inside = std::process::Command::new("sleep")
-            .arg("30")
-            .current_dir(&dir)
-            .spawn()
-            .unwrap();
-        let mut outside = std::process::Command::new("sleep")
-            .arg("30")
-            .current_dir(other.path())
-            .spawn()
-            .unwrap();
-        write_marker(&dir, &[inside.id(), outside.id()]).unwrap();
-        let found = vm_host_pids(&dir);
-        for child in [&mut inside, &mut outside] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        assert_eq!(found, vec![inside.id()]);
-        assert!(
-            vm_host_pids(&dir).is_empty(),
-            "dead processes are not listed"
-        );
-    }
-}
+mod tests;

@@ -15,12 +15,15 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
+use super::agent::{Agent, ProcessAddr};
 use super::guest_spec::{self, GuestPlan, GuestSpecError, VmSize};
 use super::relay::{HostPty, HostStdio};
-use super::sandbox::{self, BootParams, ForwardedSignals, VmSandbox, VmSandboxError, MARKER};
+use super::sandbox::{
+    self, BootParams, GuestAgentConnector, HostSetup, NewContainer, Sandbox, SandboxError, MARKER,
+};
+use super::signals::ForwardedSignals;
 use super::state::{self, VmContainerState, VmStateError, VmStatus, STATE_FILE};
+use crate::bundle::Bundle;
 use crate::config::Config;
 use crate::hypervisor::{self, Backend, GuestArtifacts, Hypervisor, HypervisorError};
 
@@ -38,12 +41,12 @@ pub enum SupervisorError {
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
     #[error(transparent)]
-    Sandbox(#[from] VmSandboxError),
+    Sandbox(#[from] SandboxError),
     #[error(transparent)]
     State(#[from] VmStateError),
     /// The bundle cannot be read or used.
-    #[error("{0}")]
-    Bundle(String),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
     /// The id names an existing container.
     #[error("container id {0} is already in use")]
     InUse(String),
@@ -56,16 +59,6 @@ pub enum SupervisorError {
     /// The supervisor process failed before the container existed.
     #[error("{0}")]
     Supervisor(String),
-    /// A host hook (prestart, createRuntime) failed: the container is not created.
-    #[error("{kind} hook {path} failed: {source}")]
-    Hook {
-        kind: &'static str,
-        path: PathBuf,
-        source: libcontainer::hooks::HookError,
-    },
-    /// The sandbox's own network namespace on the host could not be made.
-    #[error("cannot give the sandbox its own network namespace on the host: {0}")]
-    NetworkNamespace(nix::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SupervisorError {
@@ -93,37 +86,15 @@ pub struct VmLaunch {
 }
 
 impl VmLaunch {
-    /// Reads the bundle (already validated by the caller) and decides the rest.
+    /// Decides the rest from a loaded bundle.
     pub fn prepare(
         id: &str,
-        bundle: &Path,
+        bundle: &Bundle,
         config: &Config,
         backend: Backend,
     ) -> Result<Self, SupervisorError> {
-        let config_path = bundle.join("config.json");
-        let text = std::fs::read(&config_path).map_err(|e| {
-            SupervisorError::Bundle(format!("cannot read {}: {e}", config_path.display()))
-        })?;
-        let spec: Value = serde_json::from_slice(&text).map_err(|e| {
-            SupervisorError::Bundle(format!(
-                "malformed config.json in bundle {}: {e}",
-                bundle.display()
-            ))
-        })?;
-        let root = spec["root"]["path"]
-            .as_str()
-            .ok_or_else(|| SupervisorError::Bundle("config.json has no root.path".into()))?;
-        let rootfs = if Path::new(root).is_absolute() {
-            PathBuf::from(root)
-        } else {
-            bundle.join(root)
-        };
-        let annotations = spec
-            .get("annotations")
-            .and_then(|a| serde_json::from_value(a.clone()).ok());
-        let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
         let size = guest_spec::vm_size(
-            &spec,
+            &bundle.json,
             config
                 .vm
                 .memory_mib
@@ -133,22 +104,28 @@ impl VmLaunch {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
         )?;
-        let plan = guest_spec::plan(spec)?;
+        let guest_id = guest_spec::guest_container_id(id);
+        let plan = guest_spec::plan(bundle.json.clone(), &guest_id)?;
         let (hypervisor, why) = hypervisor::select(backend)?;
         let artifacts = GuestArtifacts::find(&config.vm)?;
         Ok(Self {
-            guest_id: guest_spec::guest_container_id(id),
+            guest_id,
             id: id.to_string(),
-            bundle: bundle.to_path_buf(),
-            rootfs,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
             plan,
             size,
             artifacts,
             hypervisor,
             why,
-            annotations,
-            terminal,
+            annotations: bundle.annotations().cloned(),
+            terminal: bundle.terminal(),
         })
+    }
+
+    /// The spec's hostname (the guest sandbox's).
+    pub fn hostname(&self) -> &str {
+        self.plan.spec["hostname"].as_str().unwrap_or_default()
     }
 
     /// The backend as recorded in the state (`qemu/tcg`).
@@ -163,7 +140,7 @@ impl VmLaunch {
             return Err(SupervisorError::InUse(self.id.clone()));
         }
         sandbox::claim_dir(dir).map_err(|e| match e {
-            VmSandboxError::Io { source, .. }
+            SandboxError::Io { source, .. }
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
             {
                 SupervisorError::InUse(self.id.clone())
@@ -311,8 +288,9 @@ pub fn supervise(s: Supervision, signals: &ForwardedSignals) -> Result<i32, Supe
     let mut result = Ok(());
     if start_now {
         result = sandbox
+            .agent()
             .start_container(&launch.guest_id)
-            .map_err(SupervisorError::from)
+            .map_err(|e| SupervisorError::Sandbox(e.into()))
             .and_then(|()| {
                 state::update(&dir, &launch.id, |st| st.status = VmStatus::Running)
                     .map(drop)
@@ -321,7 +299,11 @@ pub fn supervise(s: Supervision, signals: &ForwardedSignals) -> Result<i32, Supe
     }
     let status = result.and_then(|()| {
         sandbox
-            .relay(&launch.guest_id, "", host_stdio, Some(signals))
+            .relay(
+                &ProcessAddr::init(&launch.guest_id),
+                host_stdio,
+                Some(signals),
+            )
             .map_err(SupervisorError::from)
     });
     let exit_status = match &status {
@@ -380,43 +362,31 @@ pub fn supervise_exec(
     if let Some(ready) = s.ready {
         ready.report("ok").map_err(io("report to husk exec"))?;
     }
-    let process = super::relay::ProcessRef {
-        agent: &agent,
-        container_id: &s.state.guest_id,
-        exec_id: s.exec_id,
-    };
+    let process = ProcessAddr::exec(&s.state.guest_id, s.exec_id);
     let state = s.state.clone();
     let mut vm_gone = || {
         (!state.supervisor_alive())
             .then(|| format!("the sandbox VM of container {} stopped", state.id))
     };
     Ok(
-        super::relay::relay_process(&process, host_stdio, Some(signals), &mut vm_gone)
-            .map_err(VmSandboxError::from)?,
+        super::relay::relay_process(&agent, &process, host_stdio, Some(signals), &mut vm_gone)
+            .map_err(SandboxError::from)?,
     )
 }
 
-fn start_exec(
-    s: &ExecSupervision<'_>,
-) -> Result<
-    (
-        husk_agent_protocol::agent_ttrpc::AgentClient,
-        HostStdio,
-        Option<RawMode>,
-    ),
-    SupervisorError,
-> {
+type StartedExec = (std::sync::Arc<dyn Agent>, HostStdio, Option<RawMode>);
+
+fn start_exec(s: &ExecSupervision<'_>) -> Result<StartedExec, SupervisorError> {
     let agent = sandbox::connect_agent(s.dir)?;
     // The terminal goes to the engine before the process starts writing to it.
     let (host_stdio, raw, pty) = terminal_stdio(&s.stdio)?;
-    let mut req = husk_agent_protocol::agent::ExecProcessRequest::new();
-    req.container_id = s.state.guest_id.clone();
-    req.exec_id = s.exec_id.to_string();
-    req.process_json = s.process_json.to_vec();
-    req.stdin = true;
     agent
-        .exec_process(super::relay::ctx(Some(sandbox::CALL_TIMEOUT)), &req)
-        .map_err(|e| VmSandboxError::from(super::relay::agent_error("ExecProcess", e)))?;
+        .exec_process(
+            &ProcessAddr::exec(&s.state.guest_id, s.exec_id),
+            s.process_json,
+            true,
+        )
+        .map_err(SandboxError::from)?;
     drop(pty);
     Ok((agent, host_stdio, raw))
 }
@@ -463,8 +433,10 @@ fn terminal_stdio(
     })
 }
 
-type Prepared = (VmSandbox, HostStdio, Option<RawMode>);
+type Prepared = (Sandbox, HostStdio, Option<RawMode>);
 
+/// The supervisor's pod of one: boots the sandbox (host hooks first) and adds the
+/// container.
 fn boot_and_create(
     launch: &VmLaunch,
     dir: &Path,
@@ -478,69 +450,34 @@ fn boot_and_create(
     for what in &launch.plan.dropped {
         tracing::warn!(id = %launch.id, "vm isolation: dropped {what}");
     }
-    prepare_host_side(launch)?;
-    let mut sandbox = VmSandbox::boot(BootParams {
+    let mut sandbox = Sandbox::boot(BootParams {
         hypervisor: launch.hypervisor.as_ref(),
+        connector: &GuestAgentConnector,
         artifacts: launch.artifacts.clone(),
         dir: dir.to_path_buf(),
         claimed: true,
-        rootfs: &launch.rootfs,
-        mounts: &launch.plan.mounts,
         memory_mib: launch.size.memory_mib,
         vcpus: launch.size.vcpus,
         signals: Some(signals),
         network: &launch.plan.network,
+        host_setup: Some(HostSetup {
+            id: &launch.id,
+            bundle: &launch.bundle,
+            annotations: launch.annotations.as_ref(),
+            hooks: &launch.plan.host_hooks,
+        }),
+        sandbox_id: &launch.guest_id,
+        hostname: launch.hostname(),
     })?;
-    sandbox.create_container(&launch.guest_id, &launch.plan.spec)?;
+    sandbox.add_container(NewContainer {
+        guest_id: &launch.guest_id,
+        rootfs: &launch.rootfs,
+        mounts: &launch.plan.mounts,
+        spec: &launch.plan.spec,
+        stdin: true,
+    })?;
     let (host_stdio, raw_mode, _pty) = terminal_stdio(&stdio)?;
     Ok((sandbox, host_stdio, raw_mode))
-}
-
-/// What happens on the host before the VM boots, in the runtime's namespaces as runc
-/// does it: for a network namespace that hooks prepare, this process (the
-/// container's stand-in, whose pid the engine and the hooks see) moves into a new
-/// network namespace; then the `prestart` and `createRuntime` hooks run with the
-/// `creating` state on stdin. Docker's `libnetwork-setkey` prestart hook moves the
-/// container's veth into `/proc/<our pid>/ns/net` this way; the boot then carries it.
-/// Runs on the main thread, whose namespace `/proc/<pid>/ns/net` names.
-fn prepare_host_side(launch: &VmLaunch) -> Result<(), SupervisorError> {
-    use libcontainer::container::{ContainerStatus, State};
-    if launch.plan.network == super::network::NetworkPlan::Prepared {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(SupervisorError::NetworkNamespace)?;
-    }
-    let hooks = &launch.plan.host_hooks;
-    if hooks.is_empty() {
-        return Ok(());
-    }
-    let mut state = State::new(
-        &launch.id,
-        ContainerStatus::Creating,
-        Some(std::process::id() as i32),
-        launch.bundle.clone(),
-    );
-    state.annotations = launch.annotations.clone();
-    for (kind, list) in [
-        ("prestart", &hooks.prestart),
-        ("createRuntime", &hooks.create_runtime),
-    ] {
-        for hook in list {
-            tracing::debug!(id = %launch.id, kind, path = %hook.path().display(), "running host hook");
-            libcontainer::hooks::run_hooks(
-                Some(&vec![hook.clone()]),
-                Some(&state),
-                Some(&launch.bundle),
-                None,
-                None,
-            )
-            .map_err(|source| SupervisorError::Hook {
-                kind,
-                path: hook.path().clone(),
-                source,
-            })?;
-        }
-    }
-    Ok(())
 }
 
 /// Our terminal in raw mode while a container terminal is bridged to it.
