@@ -245,3 +245,87 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> VmmConfig {
+        Cli::try_parse_from([&["husk-vmm"], args].concat())
+            .unwrap()
+            .into_config()
+            .unwrap()
+    }
+
+    #[test]
+    fn flags_fill_each_device_config() {
+        let c = config(&[
+            "--kernel=/k",
+            "--initramfs=/i",
+            "--memory-mib=512",
+            "--vcpus=2",
+            "--vsock=vsock.sock",
+            "--console=/s/console.log",
+            "--fs=tag=husk-shared,path=/s/a,b",
+            "--disk=readonly,path=/img",
+            "--net=fd=7,mac=02:42:ac:11:00:02",
+            "--seccomp=log",
+        ]);
+        assert_eq!(c.machine.kernel.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.machine.initramfs.as_deref(), Some(Path::new("/i")));
+        assert_eq!((c.machine.memory_mib, c.machine.vcpus), (512, 2));
+        assert_eq!(c.machine.seccomp, SeccompLevel::Log);
+        assert_eq!(c.vsock, Some(VsockConfig::new("vsock.sock")));
+        assert_eq!(c.fs[0].path, Path::new("/s/a,b"));
+        assert!(c.disks[0].read_only);
+        assert_eq!(
+            c.net,
+            [NetConfig::inherited(7, Some("02:42:ac:11:00:02".into()))]
+        );
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"raw64": "/code", "vcpus": 2, "vsock": "a.sock", "vsock_cid": 7,
+                "fs": [{"tag": "t", "path": "/x"}]}"#,
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let c = config(&["--config", file, "--kernel=/k", "--vsock=b.sock"]);
+        assert_eq!(
+            (c.machine.kernel.as_deref(), c.machine.raw64.as_deref()),
+            (Some(Path::new("/k")), None),
+            "--kernel replaces the file's raw64"
+        );
+        assert_eq!(c.machine.vcpus, 2);
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                path: "b.sock".into(),
+                cid: 7
+            }),
+            "the socket from the flag, the CID from the file"
+        );
+        assert_eq!(c.fs.len(), 1, "no --fs keeps the file's shares");
+        let c = config(&["--config", file, "--vsock-cid=9", "--fs=tag=u,path=/y"]);
+        assert_eq!(c.vsock.map(|v| (v.path, v.cid)), Some(("a.sock".into(), 9)));
+        assert_eq!(c.fs[0].tag, "u", "--fs replaces the file's list");
+    }
+
+    #[test]
+    fn flag_syntax_errors_keep_their_message() {
+        let err = Cli::try_parse_from(["husk-vmm", "--fs", "tag=t"]).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "--fs \"tag=t\": path= is required (expected tag=<tag>,path=<dir>[,cache=auto|never|always])"
+            ),
+            "{err}"
+        );
+    }
+}
