@@ -28,7 +28,9 @@ use crate::arch::mptable::setup_mptable;
 use crate::arch::regs::{
     configure_vcpu, gdt_for, set_lint, setup_page_tables, write_gdt, RegsError,
 };
-use crate::config::{Payload, TapSource, VmSpec};
+// `VmSpec` stays builder.rs's local name for `ValidatedVm` until the issue-11 builder
+// changes are merged; then the signatures can say `ValidatedVm`.
+use crate::config::{Payload, TapSource, ValidatedVm as VmSpec};
 use crate::devices::bus::SharedDevice;
 use crate::devices::legacy::{
     DebugExit, SerialDevice, DEBUG_EXIT_PORT, I8042, I8042_PORT, I8042_PORT_LEN, SERIAL_IRQ,
@@ -75,7 +77,7 @@ pub enum BuildError {
     },
     /// Configuration invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config::VmmConfigError),
     /// Loading the guest payload failed.
     #[error(transparent)]
     Boot(#[from] BootError),

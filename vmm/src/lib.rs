@@ -16,6 +16,6 @@ pub mod vcpu;
 pub mod virtio;
 
 pub use builder::{build, build_and_run, build_with, BuildError, RunningVm, Vm};
-pub use config::{Payload, VmConfig, VmSpec};
+pub use config::{Payload, ValidatedVm, VmmConfig};
 pub use lifecycle::{ExitReason, ExitSignal};
 pub use seccomp::SeccompLevel;

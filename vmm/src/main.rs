@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use husk_vmm::caps;
-use husk_vmm::config::{BlockDisk, FsShare, NetConfig};
+use husk_vmm::config::vsock::MIN_GUEST_CID;
+use husk_vmm::config::{BlockDisk, FsShare, NetConfig, VsockConfig};
 use husk_vmm::seccomp::{self, ThreadRole};
-use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
+use husk_vmm::{ExitReason, SeccompLevel, VmmConfig};
 
 /// Boot a husk microVM (KVM, virtio-mmio).
 ///
@@ -41,7 +42,7 @@ use husk_vmm::{ExitReason, SeccompLevel, VmConfig};
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
     /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, fs = [{tag, path,
-    /// cache}], disks = [{path, read_only}], net = [{tap, mac}]); flags override it.
+    /// cache}], disks = [{path, read_only}], net = [{tap | fd, mac}]); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux (PVH entry preferred) or bzImage.
@@ -101,29 +102,36 @@ struct Cli {
 }
 
 impl Cli {
-    fn into_config(self) -> anyhow::Result<VmConfig> {
+    fn into_config(self) -> anyhow::Result<VmmConfig> {
         let mut c = match &self.config {
-            Some(p) => VmConfig::from_json_file(p)?,
-            None => VmConfig::default(),
+            Some(p) => VmmConfig::from_json_file(p)?,
+            None => VmmConfig::default(),
         };
+        let machine = &mut c.machine;
         if self.kernel.is_some() {
-            c.kernel = self.kernel;
-            c.raw64 = None;
+            machine.kernel = self.kernel;
+            machine.raw64 = None;
         }
         if self.raw64.is_some() {
-            c.raw64 = self.raw64;
-            c.kernel = None;
+            machine.raw64 = self.raw64;
+            machine.kernel = None;
         }
-        c.initramfs = self.initramfs.or(c.initramfs);
-        c.cmdline = self.cmdline.or(c.cmdline);
-        c.vcpus = self.vcpus.unwrap_or(c.vcpus);
-        c.memory_mib = self.memory_mib.unwrap_or(c.memory_mib);
-        c.console = self.console.or(c.console);
-        c.vsock = self.vsock.or(c.vsock);
-        c.vsock_cid = self.vsock_cid.unwrap_or(c.vsock_cid);
-        c.allow_pvm |= self.allow_pvm;
-        c.console_input |= self.console_input;
-        c.seccomp = self.seccomp.unwrap_or(c.seccomp);
+        machine.initramfs = self.initramfs.or(machine.initramfs.take());
+        machine.cmdline = self.cmdline.or(machine.cmdline.take());
+        machine.vcpus = self.vcpus.unwrap_or(machine.vcpus);
+        machine.memory_mib = self.memory_mib.unwrap_or(machine.memory_mib);
+        machine.console = self.console.or(machine.console.take());
+        machine.allow_pvm |= self.allow_pvm;
+        machine.console_input |= self.console_input;
+        machine.seccomp = self.seccomp.unwrap_or(machine.seccomp);
+        if let Some(path) = self.vsock {
+            // A socket from the flags keeps the file's CID unless --vsock-cid says.
+            let cid = c.vsock.as_ref().map_or(MIN_GUEST_CID, |v| v.cid);
+            c.vsock = Some(VsockConfig { path, cid });
+        }
+        if let (Some(cid), Some(vsock)) = (self.vsock_cid, c.vsock.as_mut()) {
+            vsock.cid = cid;
+        }
         if !self.fs.is_empty() {
             c.fs = self.fs;
         }
@@ -235,5 +243,89 @@ fn main() -> ExitCode {
             eprintln!("husk-vmm: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> VmmConfig {
+        Cli::try_parse_from([&["husk-vmm"], args].concat())
+            .unwrap()
+            .into_config()
+            .unwrap()
+    }
+
+    #[test]
+    fn flags_fill_each_device_config() {
+        let c = config(&[
+            "--kernel=/k",
+            "--initramfs=/i",
+            "--memory-mib=512",
+            "--vcpus=2",
+            "--vsock=vsock.sock",
+            "--console=/s/console.log",
+            "--fs=tag=husk-shared,path=/s/a,b",
+            "--disk=readonly,path=/img",
+            "--net=fd=7,mac=02:42:ac:11:00:02",
+            "--seccomp=log",
+        ]);
+        assert_eq!(c.machine.kernel.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.machine.initramfs.as_deref(), Some(Path::new("/i")));
+        assert_eq!((c.machine.memory_mib, c.machine.vcpus), (512, 2));
+        assert_eq!(c.machine.seccomp, SeccompLevel::Log);
+        assert_eq!(c.vsock, Some(VsockConfig::new("vsock.sock")));
+        assert_eq!(c.fs[0].path, Path::new("/s/a,b"));
+        assert!(c.disks[0].read_only);
+        assert_eq!(
+            c.net,
+            [NetConfig::inherited(7, Some("02:42:ac:11:00:02".into()))]
+        );
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"raw64": "/code", "vcpus": 2, "vsock": "a.sock", "vsock_cid": 7,
+                "fs": [{"tag": "t", "path": "/x"}]}"#,
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let c = config(&["--config", file, "--kernel=/k", "--vsock=b.sock"]);
+        assert_eq!(
+            (c.machine.kernel.as_deref(), c.machine.raw64.as_deref()),
+            (Some(Path::new("/k")), None),
+            "--kernel replaces the file's raw64"
+        );
+        assert_eq!(c.machine.vcpus, 2);
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                path: "b.sock".into(),
+                cid: 7
+            }),
+            "the socket from the flag, the CID from the file"
+        );
+        assert_eq!(c.fs.len(), 1, "no --fs keeps the file's shares");
+        let c = config(&["--config", file, "--vsock-cid=9", "--fs=tag=u,path=/y"]);
+        assert_eq!(c.vsock.map(|v| (v.path, v.cid)), Some(("a.sock".into(), 9)));
+        assert_eq!(c.fs[0].tag, "u", "--fs replaces the file's list");
+    }
+
+    #[test]
+    fn flag_syntax_errors_keep_their_message() {
+        let err = Cli::try_parse_from(["husk-vmm", "--fs", "tag=t"]).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "--fs \"tag=t\": path= is required (expected tag=<tag>,path=<dir>[,cache=auto|never|always])"
+            ),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,6 @@ use seccompiler::{
     apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
 };
-use serde::{Deserialize, Serialize};
 
 /// Exit status after a seccomp violation.
 pub const SECCOMP_VIOLATION_EXIT: i32 = 159;
@@ -18,18 +17,9 @@ const KVM_RUN: u64 = 0xae80;
 /// FIONBIO ioctl number (std's `set_nonblocking`).
 const FIONBIO: u64 = 0x5421;
 
-/// How strictly threads are confined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SeccompLevel {
-    /// No filters.
-    Off,
-    /// Filters installed; violations are logged by the kernel (audit) and allowed.
-    Log,
-    /// Filters installed; a violation ends the VMM with status 159.
-    #[default]
-    Enforce,
-}
+/// How strictly threads are confined: a configuration value, so it lives with the
+/// rest of the config in husk-vmm-config.
+pub use husk_vmm_config::SeccompLevel;
 
 /// Which allowlist a thread gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

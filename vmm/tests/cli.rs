@@ -263,6 +263,74 @@ fn net_takes_an_inherited_tap_descriptor() {
     );
 }
 
+/// The config the runtime's builtin backend writes (`VmmConfig` as JSON: a vsock
+/// socket relative to the working directory, a virtio-fs share, the console log, an
+/// inherited tap as a `net` entry with `fd`) gives the devices the same slots as the
+/// flags do. Needs root (/dev/net/tun).
+#[test]
+fn a_typed_config_file_gives_the_devices_their_slots() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    use husk_vmm::config::{FsCache, FsShare, MachineConfig, NetConfig, VsockConfig};
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let tap = husk_vmm::virtio::net::Tap::open("husk-cfg%d").expect("a tap (root)");
+    let fd = tap.as_raw_fd();
+    for (slot, device_id) in [(0u64, 19), (1, 26), (2, 1)] {
+        let code = dir.path().join(format!("guest{slot}.bin"));
+        std::fs::write(
+            &code,
+            Asm::default()
+                .load32(0xd000_0008 + slot * 0x1000)
+                .out_al(0xf4)
+                .hlt()
+                .finish(),
+        )
+        .unwrap();
+        let config = husk_vmm::VmmConfig {
+            machine: MachineConfig {
+                raw64: Some(code),
+                memory_mib: 16,
+                console: Some(dir.path().join("console.log")),
+                ..Default::default()
+            },
+            vsock: Some(VsockConfig::new("vsock.sock")),
+            fs: vec![FsShare {
+                tag: "husk-shared".into(),
+                path: shared.clone(),
+                cache: FsCache::Auto,
+            }],
+            disks: Vec::new(),
+            net: vec![NetConfig::inherited(fd, Some("02:00:00:00:00:0a".into()))],
+        };
+        let file = dir.path().join("husk-vmm.json");
+        std::fs::write(&file, config.to_json().unwrap()).unwrap();
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&file).current_dir(dir.path());
+        // SAFETY: the closure runs in the child before exec and only calls fcntl(2),
+        // which is async-signal-safe, to let the tap's descriptor survive exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Device id 1 is also husk-vmm's error status: stderr tells them apart.
+        assert!(
+            out.status.code() == Some(device_id) && !err.contains("husk-vmm:"),
+            "slot {slot}: {:?}; stderr: {err}",
+            out.status
+        );
+    }
+}
+
 /// Each thread's (name, CapEff) from /proc/<pid>/task/*.
 fn thread_caps(pid: u32) -> Vec<(String, u64)> {
     let mut out = Vec::new();

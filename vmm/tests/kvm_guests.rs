@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bzimage, console_log, elf_kernel, require_kvm, Asm};
+use husk_vmm::config::MachineConfig;
 use husk_vmm::devices::BusDevice;
-use husk_vmm::{ExitReason, VmSpec};
+use husk_vmm::{ExitReason, ValidatedVm};
 
-fn spec_with_console(code: Vec<u8>, dir: &tempfile::TempDir) -> (VmSpec, std::path::PathBuf) {
+fn spec_with_console(code: Vec<u8>, dir: &tempfile::TempDir) -> (ValidatedVm, std::path::PathBuf) {
     let log = dir.path().join("console.log");
-    let mut spec = VmSpec::raw64(code);
+    let mut spec = ValidatedVm::raw64(code);
     spec.console = Some(log.clone());
     (spec, log)
 }
@@ -147,7 +148,7 @@ fn stop_request_ends_a_spinning_multi_vcpu_guest() {
 #[test]
 fn memory_too_small_and_pvm_linux_are_named_errors() {
     require_kvm();
-    let mut spec = VmSpec::raw64(vec![0xf4]);
+    let mut spec = ValidatedVm::raw64(vec![0xf4]);
     spec.memory_mib = 1;
     let err = husk_vmm::build(&spec).err().expect("must fail");
     assert!(err.to_string().contains("memory too small"), "{err}");
@@ -157,8 +158,11 @@ fn memory_too_small_and_pvm_linux_are_named_errors() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, b"\x7fELF").unwrap();
-        let spec = husk_vmm::VmConfig {
-            kernel: Some(kernel),
+        let spec = husk_vmm::VmmConfig {
+            machine: MachineConfig {
+                kernel: Some(kernel),
+                ..Default::default()
+            },
             ..Default::default()
         }
         .validate()
@@ -213,13 +217,16 @@ fn boot_kernel_image(image: &[u8], initramfs: Option<&[u8]>) -> (ExitReason, Str
         p
     });
     let log = dir.path().join("console.log");
-    let spec = husk_vmm::VmConfig {
-        kernel: Some(kernel),
-        initramfs: initrd,
-        cmdline: Some("husk-test console=ttyS0".into()),
-        memory_mib: 64,
-        console: Some(log.clone()),
-        allow_pvm: true,
+    let spec = husk_vmm::VmmConfig {
+        machine: MachineConfig {
+            kernel: Some(kernel),
+            initramfs: initrd,
+            cmdline: Some("husk-test console=ttyS0".into()),
+            memory_mib: 64,
+            console: Some(log.clone()),
+            allow_pvm: true,
+            ..Default::default()
+        },
         ..Default::default()
     }
     .validate()

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::{console_log, require_kvm, Asm, GuestRing};
-use husk_vmm::{ExitReason, VmSpec};
+use husk_vmm::{ExitReason, ValidatedVm};
 use vm_memory::{Bytes, GuestAddress};
 
 const MMIO: u64 = 0xd000_0000;
@@ -94,7 +94,7 @@ fn vsock_round_trip_with_a_tiny_guest_driver() {
         .finish();
 
     let log = dir.path().join("console.log");
-    let mut spec = VmSpec::raw64(code);
+    let mut spec = ValidatedVm::raw64(code);
     spec.memory_mib = 16;
     spec.console = Some(log.clone());
     spec.vsock = Some((sock.clone(), GUEST_CID as u32));

@@ -4,7 +4,11 @@
 //! shared memfd. Needs hardware virtualization (a stock Linux guest does not boot on a
 //! PVM /dev/kvm).
 
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use husk_vmm_config::{FsCache, FsShare, MachineConfig, NetConfig, VmmConfig, VsockConfig};
 
 use super::{detect_kvm, Accel, Hypervisor, HypervisorError, KvmKind, RunningVm, VmSpec};
 
@@ -62,42 +66,61 @@ pub fn find_vmm() -> Option<PathBuf> {
         .or_else(|| super::find_program(HUSK_VMM))
 }
 
-/// husk-vmm's arguments for `spec`: kernel, agent initramfs, resources, the sandbox's
+/// husk-vmm's config file, in the state dir (0600: it names every resource of the VM).
+pub const VMM_CONFIG_FILE: &str = "husk-vmm.json";
+
+/// husk-vmm's config for `spec`: kernel, agent initramfs, resources, the sandbox's
 /// vsock socket and console log, the shared directory as virtio-fs, and one
 /// virtio-net device per tap the runtime attached in the container's network
 /// namespace, handed over by descriptor (husk-vmm never joins that namespace).
-pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--kernel".into(),
-        spec.artifacts.kernel.display().to_string(),
-        "--initramfs".into(),
-        spec.artifacts.initramfs.display().to_string(),
-        "--memory-mib".into(),
-        spec.memory_mib.to_string(),
-        "--vcpus".into(),
-        spec.vcpus.to_string(),
-        "--vsock".into(),
+pub fn vmm_config(spec: &VmSpec) -> VmmConfig {
+    VmmConfig {
+        machine: MachineConfig {
+            kernel: Some(spec.artifacts.kernel.clone()),
+            initramfs: Some(spec.artifacts.initramfs.clone()),
+            memory_mib: spec.memory_mib,
+            // More than 255 is out of husk-vmm's range either way; saturating keeps it
+            // refused there, with the limit in the message.
+            vcpus: u8::try_from(spec.vcpus).unwrap_or(u8::MAX),
+            console: Some(spec.console_log()),
+            ..MachineConfig::default()
+        },
         // Relative: husk-vmm runs in the state dir (see VSOCK_SOCKET).
-        super::VSOCK_SOCKET.into(),
-        "--console".into(),
-        spec.console_log().display().to_string(),
-        "--fs".into(),
-        // path= last: it takes the rest of the value, commas included.
-        format!(
-            "tag={},path={}",
-            super::SHARED_FS_TAG,
-            spec.shared_dir.display()
-        ),
-    ];
-    for device in &spec.net {
-        args.push("--net".into());
-        args.push(format!(
-            "fd={},mac={}",
-            device.tap_fd,
-            husk_netlink::format_mac(&device.mac)
-        ));
+        vsock: Some(VsockConfig::new(super::VSOCK_SOCKET)),
+        fs: vec![FsShare {
+            tag: super::SHARED_FS_TAG.into(),
+            path: spec.shared_dir.clone(),
+            cache: FsCache::default(),
+        }],
+        disks: Vec::new(),
+        net: spec
+            .net
+            .iter()
+            .map(|device| {
+                NetConfig::inherited(device.tap_fd, Some(husk_netlink::format_mac(&device.mac)))
+            })
+            .collect(),
     }
-    args
+}
+
+/// Writes `config` to `path` as JSON, readable by its owner only.
+fn write_vmm_config(config: &VmmConfig, path: &Path) -> Result<(), HypervisorError> {
+    let io_error = |source| HypervisorError::Io {
+        what: format!("write {}", path.display()),
+        source,
+    };
+    let json = config.to_json().map_err(|e| io_error(e.into()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error)?;
+    // The mode above applies only to a new file; a leftover one keeps its own.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io_error)?;
+    file.write_all(json.as_bytes()).map_err(io_error)
 }
 
 impl Hypervisor for Builtin {
@@ -110,8 +133,11 @@ impl Hypervisor for Builtin {
     }
 
     fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
-        let args = vmm_args(spec);
-        tracing::debug!(?args, "starting husk-vmm");
+        let config = vmm_config(spec);
+        tracing::debug!(?config, "starting husk-vmm");
+        let config_file = spec.state_dir.join(VMM_CONFIG_FILE);
+        write_vmm_config(&config, &config_file)?;
+        let args = ["--config".to_string(), config_file.display().to_string()];
         let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
         let vmm = super::qemu::spawn_inheriting(
             &self.vmm,
@@ -134,15 +160,14 @@ mod tests {
     use super::*;
     use crate::hypervisor::GuestArtifacts;
 
-    #[test]
-    fn arguments_name_every_resource_of_the_sandbox() {
-        let spec = VmSpec {
+    fn sandbox_spec(state_dir: &Path) -> VmSpec {
+        VmSpec {
             artifacts: GuestArtifacts {
                 kernel: "/k/vmlinux".into(),
                 initramfs: "/i/initramfs.cpio".into(),
             },
-            shared_dir: "/state/a,b/shared".into(),
-            state_dir: "/state/a,b".into(),
+            shared_dir: state_dir.join("shared"),
+            state_dir: state_dir.into(),
             memory_mib: 512,
             vcpus: 2,
             net: vec![
@@ -155,28 +180,53 @@ mod tests {
                     mac: [0x0a, 0, 0, 0, 0, 1],
                 },
             ],
-        };
-        let args = vmm_args(&spec);
-        let value = |flag: &str| {
-            let i = args.iter().position(|a| a == flag).unwrap();
-            args[i + 1].as_str()
-        };
-        assert_eq!(value("--kernel"), "/k/vmlinux");
-        assert_eq!(value("--initramfs"), "/i/initramfs.cpio");
-        assert_eq!(value("--memory-mib"), "512");
-        assert_eq!(value("--vcpus"), "2");
-        assert_eq!(value("--vsock"), "vsock.sock");
-        assert_eq!(value("--console"), "/state/a,b/console.log");
-        assert_eq!(value("--fs"), "tag=husk-shared,path=/state/a,b/shared");
-        let nets: Vec<_> = args
-            .windows(2)
-            .filter(|w| w[0] == "--net")
-            .map(|w| w[1].as_str())
-            .collect();
+        }
+    }
+
+    #[test]
+    fn config_names_every_resource_of_the_sandbox() {
+        let config = vmm_config(&sandbox_spec(Path::new("/state/a,b")));
+        let machine = &config.machine;
+        assert_eq!(machine.kernel.as_deref(), Some(Path::new("/k/vmlinux")));
         assert_eq!(
-            nets,
-            ["fd=7,mac=02:42:ac:11:00:02", "fd=9,mac=0a:00:00:00:00:01"]
+            machine.initramfs.as_deref(),
+            Some(Path::new("/i/initramfs.cpio"))
         );
+        assert_eq!((machine.memory_mib, machine.vcpus), (512, 2));
+        assert_eq!(
+            machine.console.as_deref(),
+            Some(Path::new("/state/a,b/console.log"))
+        );
+        assert_eq!(config.vsock, Some(VsockConfig::new("vsock.sock")));
+        assert_eq!(
+            config.fs,
+            [FsShare {
+                tag: "husk-shared".into(),
+                path: "/state/a,b/shared".into(),
+                cache: FsCache::Auto,
+            }]
+        );
+        assert_eq!(
+            config.net,
+            [
+                NetConfig::inherited(7, Some("02:42:ac:11:00:02".into())),
+                NetConfig::inherited(9, Some("0a:00:00:00:00:01".into())),
+            ]
+        );
+        assert!(config.disks.is_empty());
+    }
+
+    #[test]
+    fn config_file_is_private_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = vmm_config(&sandbox_spec(dir.path()));
+        let path = dir.path().join(VMM_CONFIG_FILE);
+        std::fs::write(&path, "stale").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_vmm_config(&config, &path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(VmmConfig::from_json_file(&path).unwrap(), config);
     }
 
     #[test]

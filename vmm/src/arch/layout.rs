@@ -62,3 +62,12 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const MIN_LINUX_MEMORY_MIB: u32 = 32;
 /// Smallest guest memory accepted at all (the layout above needs the first 2 MiB).
 pub const MIN_MEMORY_MIB: u32 = 2;
+
+// husk-vmm-config validates against its own copies of these (it has no KVM crates to
+// take them from); a layout change that forgets them fails to compile here.
+const _: () = {
+    use husk_vmm_config::machine as config;
+    assert!(CMDLINE_MAX_SIZE == config::CMDLINE_MAX_SIZE);
+    assert!(MIN_LINUX_MEMORY_MIB == config::MIN_LINUX_MEMORY_MIB);
+    assert!(MIN_MEMORY_MIB == config::MIN_MEMORY_MIB);
+};

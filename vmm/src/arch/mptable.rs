@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn max_vcpus_fit_and_land_in_guest_memory() {
-        assert!(mptable_bytes(crate::config::MAX_VCPUS, MPTABLE_START).is_ok());
+        assert!(mptable_bytes(crate::config::machine::MAX_VCPUS, MPTABLE_START).is_ok());
         assert!(matches!(
             mptable_bytes(60, MPTABLE_START),
             Err(MptableError::TooLarge(60))

@@ -57,25 +57,11 @@ pub enum NetError {
     Worker(#[source] std::io::Error),
 }
 
-/// A MAC address.
-pub type MacAddr = [u8; 6];
+pub use husk_vmm_config::net::MacAddr;
 
-/// Parses `xx:xx:xx:xx:xx:xx`.
+/// Parses `xx:xx:xx:xx:xx:xx` (the config crate's parser, with this module's error).
 pub fn parse_mac(s: &str) -> Result<MacAddr, NetError> {
-    let bad = || NetError::Mac(s.to_string());
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
+    husk_vmm_config::net::parse_mac(s).map_err(|_| NetError::Mac(s.to_string()))
 }
 
 /// A random locally administered unicast MAC (`x2:…`), for a device given none.
