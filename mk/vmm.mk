@@ -12,10 +12,11 @@
 #                          $(HUSK_CACHE) (the initramfs is built when missing), else
 #                          a Debian kernel (boot-only, said plainly). The first guest
 #                          also pings the nested host over a tap (virtio-net) and the
-#                          VMM's threads must have no capabilities. A serial log
-#                          silent for HUSK_NESTED_STALL s (120) ends the run as
-#                          STALLED with the console and the nested host's CPU state.
-#                          About 3 minutes.
+#                          VMM's threads must have no capabilities. The nested host
+#                          has 2 vCPUs (with 1, a QEMU TCG lost wakeup stops it for
+#                          good: docs/vmm.md); a serial log silent for
+#                          HUSK_NESTED_STALL s (120) ends the run as STALLED with the
+#                          console and the nested host's CPU state. About 3 minutes.
 #   make test-vmm-nested-repeat N=10
 #                          NOT part of `make test`: the stages N times in one nested
 #                          host boot, each checked on its own, then "N passed, M

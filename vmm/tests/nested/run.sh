@@ -3,7 +3,7 @@
 #
 # The host KVM here is PVM and cannot boot a stock Linux, so this boots QEMU TCG with
 # `-cpu max` and a Debian cloud kernel whose initramfs loads kvm/kvm-amd (SVM + nested
-# paging) on $HUSK_NESTED_SMP vCPUs (1), then runs husk-vmm inside it on a real /dev/kvm,
+# paging) on 2 vCPUs (see SMP below), then runs husk-vmm inside it on a real /dev/kvm,
 # in three stages (HUSK_NESTED_STAGES="guest agent run"), HUSK_NESTED_REPEAT times
 # (default 1; `make test-vmm-nested-repeat N=10`), each iteration checked on its own:
 #
@@ -59,8 +59,13 @@ STAGES=${HUSK_NESTED_STAGES:-guest agent run}
 STALL=${HUSK_NESTED_STALL:-120}
 # The whole run, a backstop behind the stall detector.
 TIMEOUT=${HUSK_NESTED_TIMEOUT:-$((300 + 300 * REPEAT))}
-# The nested host's vCPUs, kvm-amd options and extra kernel command line.
-SMP=${HUSK_NESTED_SMP:-1}
+# The nested host's vCPUs, kvm-amd options and extra kernel command line. Two vCPUs:
+# QEMU 7.2's TCG can lose a vCPU's interrupt request (its APIC timer fires on the
+# main-loop thread while the vCPU thread, emulating VMRUN, rewrites the same
+# interrupt_request word without the lock). With one vCPU nothing ever makes the APIC
+# look again and the nested host stops for good (issue 11, docs/vmm.md); with two,
+# the next IPI to the deaf CPU does.
+SMP=${HUSK_NESTED_SMP:-2}
 KVM_AMD_OPTS=${HUSK_NESTED_KVM_AMD:-}
 APPEND=${HUSK_NESTED_APPEND:-}
 WORK=$(mktemp -d /tmp/husk-vmm-nested.XXXXXX)
