@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_PMU_CAPABILITY,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, KVM_PMU_CAP_DISABLE,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::Cmdline;
@@ -134,6 +135,23 @@ fn kvm_err(ioctl: &'static str) -> impl Fn(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { ioctl, source }
 }
 
+/// Turns the VM's vPMU off when KVM offers that (`KVM_CHECK_EXTENSION` of
+/// `KVM_CAP_PMU_CAPABILITY` returns the settable bits); true when it did.
+fn disable_pmu(vm: &VmFd) -> Result<bool, BuildError> {
+    let offered = vm.check_extension_raw(KVM_CAP_PMU_CAPABILITY.into());
+    if offered < 0 || offered as u32 & KVM_PMU_CAP_DISABLE == 0 {
+        return Ok(false);
+    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_PMU_CAPABILITY,
+        args: [u64::from(KVM_PMU_CAP_DISABLE), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)
+        .map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY)"))?;
+    Ok(true)
+}
+
 /// True when /dev/kvm is served by kvm-pvm.
 pub fn pvm_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
@@ -208,6 +226,12 @@ pub fn build_with(
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    // No vPMU (the CPUID filter announces none either): KVM only takes this before
+    // the first vCPU exists. Where KVM has no vPMU to offer (enable_pmu=0, or PVM)
+    // it does not list the cap, and there is nothing to turn off.
+    if disable_pmu(&vm)? {
+        tracing::debug!("vPMU disabled (KVM_CAP_PMU_CAPABILITY)");
+    }
 
     // Memory.
     let mem_size = u64::from(spec.memory_mib) << 20;
