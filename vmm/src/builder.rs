@@ -29,9 +29,7 @@ use crate::arch::mptable::setup_mptable;
 use crate::arch::regs::{
     configure_vcpu, gdt_for, set_lint, setup_page_tables, write_gdt, RegsError,
 };
-// `VmSpec` stays builder.rs's local name for `ValidatedVm` until the issue-11 builder
-// changes are merged; then the signatures can say `ValidatedVm`.
-use crate::config::{Payload, TapSource, ValidatedVm as VmSpec};
+use crate::config::{Payload, TapSource, ValidatedVm};
 use crate::devices::bus::SharedDevice;
 use crate::devices::legacy::{
     DebugExit, SerialDevice, DEBUG_EXIT_PORT, I8042, I8042_PORT, I8042_PORT_LEN, SERIAL_IRQ,
@@ -185,14 +183,14 @@ pub struct RunningVm {
 }
 
 /// Builds the VM described by `spec`: KVM → VM → memory → vCPUs → devices → kernel.
-pub fn build(spec: &VmSpec) -> Result<Vm, BuildError> {
+pub fn build(spec: &ValidatedVm) -> Result<Vm, BuildError> {
     build_with(spec, |_| Ok(()))
 }
 
 /// Like [`build`], with a hook that adds devices (e.g. test MMIO recorders) after the
 /// built-in ones and before the kernel command line is written.
 pub fn build_with(
-    spec: &VmSpec,
+    spec: &ValidatedVm,
     add_devices: impl FnOnce(&mut Vm) -> Result<(), BuildError>,
 ) -> Result<Vm, BuildError> {
     spec.check()?;
@@ -596,6 +594,6 @@ fn wait_readable(evt: &EventFd) {
 }
 
 /// Builds and runs `spec` to completion.
-pub fn build_and_run(spec: &VmSpec) -> Result<ExitReason, BuildError> {
+pub fn build_and_run(spec: &ValidatedVm) -> Result<ExitReason, BuildError> {
     build(spec)?.run()
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use husk_vmm_config::{FsCache, FsShare, MachineConfig, NetConfig, VmmConfig, VsockConfig};
 
-use super::{detect_kvm, Accel, Hypervisor, HypervisorError, KvmKind, RunningVm, VmSpec};
+use super::{detect_kvm, Accel, Hypervisor, HypervisorError, KvmKind, VmBootSpec, VmProcesses};
 
 /// The VMM binary's name.
 pub const HUSK_VMM: &str = "husk-vmm";
@@ -73,7 +73,7 @@ pub const VMM_CONFIG_FILE: &str = "husk-vmm.json";
 /// vsock socket and console log, the shared directory as virtio-fs, and one
 /// virtio-net device per tap the runtime attached in the container's network
 /// namespace, handed over by descriptor (husk-vmm never joins that namespace).
-pub fn vmm_config(spec: &VmSpec) -> VmmConfig {
+pub fn vmm_config(spec: &VmBootSpec) -> VmmConfig {
     VmmConfig {
         machine: MachineConfig {
             kernel: Some(spec.artifacts.kernel.clone()),
@@ -132,7 +132,7 @@ impl Hypervisor for Builtin {
         Accel::Kvm
     }
 
-    fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
+    fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, HypervisorError> {
         let config = vmm_config(spec);
         tracing::debug!(?config, "starting husk-vmm");
         let config_file = spec.state_dir.join(VMM_CONFIG_FILE);
@@ -146,7 +146,7 @@ impl Hypervisor for Builtin {
             &spec.state_dir.join("husk-vmm.log"),
             &taps,
         )?;
-        Ok(RunningVm {
+        Ok(VmProcesses {
             vmm,
             vmm_name: HUSK_VMM,
             helpers: Vec::new(),
@@ -160,8 +160,8 @@ mod tests {
     use super::*;
     use crate::hypervisor::GuestArtifacts;
 
-    fn sandbox_spec(state_dir: &Path) -> VmSpec {
-        VmSpec {
+    fn sandbox_spec(state_dir: &Path) -> VmBootSpec {
+        VmBootSpec {
             artifacts: GuestArtifacts {
                 kernel: "/k/vmlinux".into(),
                 initramfs: "/i/initramfs.cpio".into(),
@@ -171,11 +171,11 @@ mod tests {
             memory_mib: 512,
             vcpus: 2,
             net: vec![
-                crate::hypervisor::NetDevice {
+                crate::hypervisor::TapDevice {
                     tap_fd: 7,
                     mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x02],
                 },
-                crate::hypervisor::NetDevice {
+                crate::hypervisor::TapDevice {
                     tap_fd: 9,
                     mac: [0x0a, 0, 0, 0, 0, 1],
                 },

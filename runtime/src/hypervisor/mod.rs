@@ -279,7 +279,7 @@ fn newest_in(dir: &Path, file: &str) -> Option<PathBuf> {
 
 /// Everything a backend needs to boot one sandbox VM.
 #[derive(Debug, Clone)]
-pub struct VmSpec {
+pub struct VmBootSpec {
     pub artifacts: GuestArtifacts,
     /// Host directory shared with the guest over virtio-fs (tag [`SHARED_FS_TAG`]).
     pub shared_dir: PathBuf,
@@ -290,12 +290,12 @@ pub struct VmSpec {
     pub vcpus: u32,
     /// virtio-net devices on taps the caller opened (see `vm::network`); the
     /// descriptors stay the caller's and must outlive the start.
-    pub net: Vec<NetDevice>,
+    pub net: Vec<TapDevice>,
 }
 
 /// A virtio-net device backed by an open tap.
 #[derive(Debug, Clone, Copy)]
-pub struct NetDevice {
+pub struct TapDevice {
     pub tap_fd: std::os::fd::RawFd,
     pub mac: [u8; 6],
 }
@@ -312,7 +312,7 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// The virtio-fs tag of the shared directory.
 pub const SHARED_FS_TAG: &str = "husk-shared";
 
-impl VmSpec {
+impl VmBootSpec {
     /// The guest's serial console log.
     pub fn console_log(&self) -> PathBuf {
         self.state_dir.join("console.log")
@@ -326,7 +326,7 @@ pub trait Hypervisor {
     /// How guest CPUs run with this backend on this host.
     fn accel(&self) -> Accel;
     /// Boots a sandbox VM; returns once its processes run (the agent may still be booting).
-    fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError>;
+    fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, HypervisorError>;
 }
 
 /// A device back-end process of a VM.
@@ -339,7 +339,7 @@ pub struct Helper {
 }
 
 /// The host processes of one running sandbox VM: the VMM and its helpers.
-pub struct RunningVm {
+pub struct VmProcesses {
     /// The VMM process (its exit is the VM's exit).
     vmm: Child,
     vmm_name: &'static str,
@@ -348,7 +348,7 @@ pub struct RunningVm {
     vmm_status: Option<std::process::ExitStatus>,
 }
 
-impl RunningVm {
+impl VmProcesses {
     /// The processes a backend started: the VMM (named for logs) and its helpers.
     pub fn new(vmm: Child, vmm_name: &'static str, helpers: Vec<Helper>) -> Self {
         Self {
@@ -413,7 +413,7 @@ impl RunningVm {
     }
 }
 
-impl Drop for RunningVm {
+impl Drop for VmProcesses {
     fn drop(&mut self) {
         if self.vmm_exited().is_none() {
             let _ = self.vmm.kill();

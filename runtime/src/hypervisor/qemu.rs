@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{detect_kvm, Accel, Helper, Hypervisor, HypervisorError, KvmKind, RunningVm, VmSpec};
+use super::{
+    detect_kvm, Accel, Helper, Hypervisor, HypervisorError, KvmKind, VmBootSpec, VmProcesses,
+};
 
 const QEMU: &str = "qemu-system-x86_64";
 const VIRTIOFSD: &str = "virtiofsd";
@@ -64,7 +66,7 @@ impl Qemu {
             .map(str::to_string)
     }
 
-    fn qemu_args(&self, spec: &VmSpec, vsock_vhost: &Path, fs_vhost: &Path) -> Vec<String> {
+    fn qemu_args(&self, spec: &VmBootSpec, vsock_vhost: &Path, fs_vhost: &Path) -> Vec<String> {
         let mem = format!("{}M", spec.memory_mib);
         let (accel, cpu) = match self.accel() {
             Accel::Kvm => ("kvm", "host"),
@@ -239,7 +241,7 @@ impl Hypervisor for Qemu {
         }
     }
 
-    fn start(&self, spec: &VmSpec) -> Result<RunningVm, HypervisorError> {
+    fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, HypervisorError> {
         let dir = &spec.state_dir;
         // Relative to `dir`, the helpers' and QEMU's working directory.
         let vsock_vhost = Path::new(VHOST_VSOCK_SOCKET);
@@ -319,7 +321,7 @@ impl Hypervisor for Qemu {
                 return Err(e);
             }
         };
-        Ok(RunningVm {
+        Ok(VmProcesses {
             vmm,
             vmm_name: QEMU,
             helpers,

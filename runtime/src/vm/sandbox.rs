@@ -34,7 +34,8 @@ use super::relay::{self, HostStdio, RelayError};
 use super::share::{self, ContainerShare, ShareError, StateDir, SHARED_DIR};
 use super::signals::ForwardedSignals;
 use crate::hypervisor::{
-    Accel, GuestArtifacts, Hypervisor, NetDevice, RunningVm, VmSpec, SHARED_FS_TAG, VSOCK_SOCKET,
+    Accel, GuestArtifacts, Hypervisor, TapDevice, VmBootSpec, VmProcesses, SHARED_FS_TAG,
+    VSOCK_SOCKET,
 };
 
 /// How long the agent gets to answer after the VMM starts (TCG boots in ~1.5 s here;
@@ -263,7 +264,7 @@ pub struct Sandbox {
     dir: PathBuf,
     state_dir: StateDir,
     console: PathBuf,
-    vm: Option<RunningVm>,
+    vm: Option<VmProcesses>,
     agent: Option<Arc<dyn Agent>>,
     sandbox_id: String,
     /// The container's network namespace wired to the VM's taps.
@@ -328,7 +329,7 @@ impl Sandbox {
             .map(|n| {
                 n.taps
                     .iter()
-                    .map(|t| NetDevice {
+                    .map(|t| TapDevice {
                         tap_fd: t.fd.as_raw_fd(),
                         mac: t.mac,
                     })
@@ -337,7 +338,7 @@ impl Sandbox {
             .unwrap_or_default();
         let sockets =
             SocketDir::open(&sandbox.dir).map_err(io(format!("open {}", sandbox.dir.display())))?;
-        let spec = VmSpec {
+        let spec = VmBootSpec {
             artifacts: p.artifacts,
             shared_dir: sandbox.dir.join(SHARED_DIR),
             state_dir: sandbox.dir.clone(),
@@ -476,7 +477,7 @@ impl Sandbox {
 
     /// The pids of the VM's host processes, the VMM first.
     pub fn pids(&self) -> Vec<u32> {
-        self.vm.as_ref().map(RunningVm::pids).unwrap_or_default()
+        self.vm.as_ref().map(VmProcesses::pids).unwrap_or_default()
     }
 
     /// The VMM's host pid (0 before boot).

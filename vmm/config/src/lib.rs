@@ -7,7 +7,7 @@
 //! over serialised, without pulling KVM, FUSE or seccomp crates into itself.
 //!
 //! Two names, chosen not to collide with the runtime's own `VmConfig` (the operator's
-//! `[vm]` section) and `VmSpec` (what a hypervisor backend boots):
+//! `[vm]` section) and `VmBootSpec` (what a hypervisor backend boots):
 //! - [`VmmConfig`]: what husk-vmm is told, by flags or a JSON file (`--config`);
 //!   unchecked.
 //! - [`ValidatedVm`]: what [`VmmConfig::validate`] makes of it, checked and with a raw

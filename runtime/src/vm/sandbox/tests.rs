@@ -22,7 +22,7 @@ impl Hypervisor for FakeHypervisor {
     fn accel(&self) -> Accel {
         Accel::Tcg
     }
-    fn start(&self, spec: &VmSpec) -> Result<RunningVm, crate::hypervisor::HypervisorError> {
+    fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, crate::hypervisor::HypervisorError> {
         std::fs::write(spec.console_log(), "boot\nhusk-agent ready on vsock 1024\n").unwrap();
         let child = Command::new("sleep")
             .arg("60")
@@ -30,7 +30,7 @@ impl Hypervisor for FakeHypervisor {
             .spawn()
             .unwrap();
         *self.vmm_pid.lock().unwrap() = Some(child.id());
-        Ok(RunningVm::new(child, "fake-vmm", Vec::new()))
+        Ok(VmProcesses::new(child, "fake-vmm", Vec::new()))
     }
 }
 
