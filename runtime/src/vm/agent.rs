@@ -528,13 +528,18 @@ impl Agent for GuestAgent {
         r.container_id = process.container_id.clone();
         r.exec_id = process.exec_id.clone();
         r.len = max;
-        let chunk = match stream {
-            OutputStream::Stdout => call(AgentCall::ReadStdout, |c| self.agent.read_stdout(c, &r)),
-            OutputStream::Stderr => call(AgentCall::ReadStderr, |c| self.agent.read_stderr(c, &r)),
-        }?;
+        let which = match stream {
+            OutputStream::Stdout => AgentCall::ReadStdout,
+            OutputStream::Stderr => AgentCall::ReadStderr,
+        };
+        let chunk = call(which, |c| match stream {
+            OutputStream::Stdout => self.agent.read_stdout(c, &r),
+            OutputStream::Stderr => self.agent.read_stderr(c, &r),
+        })?;
+        // The guest's reply is not trusted to respect the size asked for.
         if chunk.data.len() > max as usize {
             return Err(AgentError::local(
-                AgentCall::ReadStdout,
+                which,
                 format!(
                     "the guest sent {} bytes, more than the {max} asked",
                     chunk.data.len()
