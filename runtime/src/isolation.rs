@@ -1,9 +1,12 @@
 //! The isolation policy: which workloads run behind their own guest kernel (`vm`) and
 //! which run in host namespaces (`container`).
 //!
-//! Order of precedence: an allowed `io.husk.isolation` annotation, then the
-//! `--isolation` flag, then the operator config, then `vm`. A workload may always ask
-//! for `vm`; it may ask for `container` only where the operator allows the annotation.
+//! A workload may always ask for `vm` with the `io.husk.isolation` annotation. It may
+//! ask for `container` only where the operator allows the annotation *and* gave no
+//! `--isolation vm` flag: an operator who registered husk with `--isolation vm` for
+//! untrusted workloads gets a VM whatever the workload's annotations say (the
+//! conflict is an error, never a silent choice). Without an annotation: the
+//! `--isolation` flag, then the operator config, then `vm`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -76,6 +79,13 @@ pub enum IsolationError {
          (set isolation.allow_annotation = true to let workloads choose the shared kernel)"
     )]
     AnnotationNotAllowed,
+    /// The workload asked for the shared kernel where the operator's flag says `vm`.
+    #[error(
+        "annotation {ISOLATION_ANNOTATION}=container conflicts with --isolation vm: a runtime \
+         registered for vm isolation never runs a workload on the shared kernel (drop the \
+         annotation, or register a runtime without --isolation vm)"
+    )]
+    AnnotationOverridesFlag,
 }
 
 /// The isolation chosen for one workload and why.
@@ -104,6 +114,9 @@ impl IsolationPolicy<'_> {
                         isolation: Isolation::Vm,
                         source: IsolationSource::Annotation,
                     })
+                }
+                "container" if self.flag == Some(Isolation::Vm) => {
+                    return Err(IsolationError::AnnotationOverridesFlag)
                 }
                 "container" if self.config.isolation.allow_annotation => {
                     return Ok(IsolationDecision {
@@ -223,6 +236,31 @@ mod tests {
                 .unwrap()
                 .isolation,
             Isolation::Container
+        );
+    }
+
+    #[test]
+    fn annotation_never_overrides_an_explicit_vm_flag() {
+        // Even where the operator config lets workloads choose the shared kernel.
+        let lenient = config(Isolation::Container, true);
+        let policy = IsolationPolicy {
+            config: &lenient,
+            flag: Some(Isolation::Vm),
+        };
+        let err = policy.decide(Some(&annotated("container"))).unwrap_err();
+        assert!(matches!(err, IsolationError::AnnotationOverridesFlag));
+        assert!(err.to_string().contains("--isolation vm"), "{err}");
+        // The annotation still chooses where no flag was given, and may ask for vm.
+        let unflagged = IsolationPolicy {
+            config: &lenient,
+            flag: None,
+        };
+        let decision = unflagged.decide(Some(&annotated("container"))).unwrap();
+        assert_eq!(decision.isolation, Isolation::Container);
+        assert_eq!(decision.source, IsolationSource::Annotation);
+        assert_eq!(
+            policy.decide(Some(&annotated("vm"))).unwrap().isolation,
+            Isolation::Vm
         );
     }
 

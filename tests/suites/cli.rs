@@ -426,6 +426,13 @@ fn cases() -> Vec<Case> {
                 "[isolation]\ndefault = \"vm\"\nallow_annotation = true\n",
             );
             lenient.husk(&["run", "-b", b, &id]).ok();
+            // An explicit --isolation vm (a runtime registered for untrusted
+            // workloads) is never overridden by the annotation, even where allowed:
+            // the conflict is refused and nothing runs.
+            lenient
+                .husk(&["--isolation", "vm", "run", "-b", b, &id])
+                .fails_with("conflicts with --isolation vm");
+            lenient.assert_clean(&id)?;
             // A workload asking for vm gets vm even where the operator default is container.
             let containers = Husk::new(
                 rootfs,
