@@ -281,16 +281,7 @@ impl Hypervisor for Qemu {
         let fs_log = dir.join("virtiofsd.log");
         let mut fs = match spawn(
             &self.virtiofsd,
-            &[
-                "--socket-path".into(),
-                VIRTIOFS_SOCKET.into(),
-                "--shared-dir".into(),
-                spec.shared_dir.display().to_string(),
-                "--sandbox".into(),
-                "none".into(),
-                "--cache".into(),
-                "never".into(),
-            ],
+            &virtiofsd_args(Path::new(VIRTIOFS_SOCKET), &spec.shared_dir),
             dir,
             &fs_log,
         ) {
@@ -328,6 +319,21 @@ impl Hypervisor for Qemu {
             vmm_status: None,
         })
     }
+}
+
+/// virtiofsd's arguments: serve `shared_dir` on the vhost-user socket `socket`.
+/// Public so that the hostile-guest suite attacks virtiofsd exactly as husk runs it.
+pub fn virtiofsd_args(socket: &Path, shared_dir: &Path) -> Vec<String> {
+    vec![
+        "--socket-path".into(),
+        socket.display().to_string(),
+        "--shared-dir".into(),
+        shared_dir.display().to_string(),
+        "--sandbox".into(),
+        "none".into(),
+        "--cache".into(),
+        "never".into(),
+    ]
 }
 
 /// Paths of the programs this backend would use, for `husk check`.
