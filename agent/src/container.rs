@@ -338,25 +338,24 @@ const VIEW_RW_DIR: &str = "root-rw";
 const VIEW_RW_SIZE: &str = "size=4m";
 
 /// A read-only rootfs as libcontainer needs it: the host shares a rootfs whose spec
-/// says `root.readonly` read-only, yet libcontainer creates mount points in it before
-/// it remounts the root read-only. An overlay (the shared rootfs below, a small tmpfs
-/// above) takes those writes in guest memory; the container still sees a read-only
-/// root. A rootfs the host shared writable is used as it is.
+/// says `root.readonly` read-only (the guest's own view of the share says nothing of
+/// that: writes fail with EROFS from the host), yet libcontainer creates mount points
+/// in it before it remounts the root read-only. An overlay (the shared rootfs below,
+/// a small tmpfs above) takes those writes in guest memory; the container still sees
+/// a read-only root.
 fn writable_view(
     rootfs: &std::path::Path,
     bundle: &std::path::Path,
 ) -> Result<PathBuf, ContainerError> {
     use nix::mount::{mount, MsFlags};
-    let read_only = nix::sys::statvfs::statvfs(rootfs)
-        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
-        .map_err(|e| io_err(format!("statvfs {}", rootfs.display()))(e.into()))?;
-    if !read_only {
-        return Ok(rootfs.to_path_buf());
-    }
     let lower = rootfs.to_str().filter(|p| !p.contains([',', ':', '\\']));
     let lower = lower.ok_or(ContainerError::Unsupported(
         "a read-only rootfs path with ',', ':' or '\\'",
     ))?;
+    // A rootfs the host bound into the share is a submount there, which the guest
+    // kernel mounts on first use (a FUSE automount point): open it now, or overlayfs
+    // finds the automount point instead of the rootfs and refuses it.
+    std::fs::read_dir(rootfs).map_err(io_err(format!("open {lower}")))?;
     let rw = bundle.join(VIEW_RW_DIR);
     let view = bundle.join(VIEW_DIR);
     for dir in [&rw, &view] {

@@ -807,15 +807,12 @@ fn release(
         )));
     }
     for folder in &record.folders {
-        // Under shared/ in a sandbox made by an older husk.
-        for top in [PRIVATE_DIR, SHARED_DIR] {
-            let base = Path::new(top).join(folder);
-            for d in [base.join(super::guest_spec::MOUNTS_DIR), base] {
-                state_dir.remove(&d)?;
-            }
+        let base = Path::new(PRIVATE_DIR).join(folder);
+        for d in [base.join(super::guest_spec::MOUNTS_DIR), base] {
+            state_dir.remove(&d)?;
         }
     }
-    share::release_share(state_dir)?;
+    share::release_share(state_dir, &record.folders)?;
     remove_state_files(dir, keep).map_err(io(format!("remove {}", dir.display())))
 }
 

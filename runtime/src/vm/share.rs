@@ -458,7 +458,9 @@ pub fn prepare_share(state: &StateDir) -> Result<(), ShareError> {
 
 /// Undoes [`prepare_share`] once every container's mounts and folders are gone:
 /// detaches `shared/` and `private/` where mounted and removes them. Idempotent.
-pub fn release_share(state: &StateDir) -> Result<(), ShareError> {
+/// `legacy_folders`: containers' folders a sandbox made by an older husk kept
+/// directly under `shared/`.
+pub fn release_share(state: &StateDir, legacy_folders: &[String]) -> Result<(), ShareError> {
     for top in [SHARED_DIR, PRIVATE_DIR] {
         // Anything stacked on it (never by us, but a crash could leave two).
         loop {
@@ -476,7 +478,12 @@ pub fn release_share(state: &StateDir) -> Result<(), ShareError> {
     }
     state.remove(&Path::new(PRIVATE_DIR).join(CONTAINERS_DIR))?;
     state.remove(Path::new(PRIVATE_DIR))?;
-    // A sandbox made by an older husk had its containers' folders under shared/.
+    for folder in legacy_folders {
+        let base = Path::new(SHARED_DIR).join(folder);
+        for dir in [base.join(MOUNTS_DIR), base] {
+            state.remove(&dir)?;
+        }
+    }
     state.remove(&Path::new(SHARED_DIR).join(CONTAINERS_DIR))?;
     state.remove(Path::new(SHARED_DIR))
 }
@@ -626,7 +633,7 @@ mod tests {
         };
         assert_eq!(share.guest_rootfs(), "c/a/rootfs");
         assert!(unshare_container(&state, &share).is_empty());
-        release_share(&state).unwrap();
+        release_share(&state, &[]).unwrap();
         assert!(!dir.path().join("shared").exists());
     }
 }

@@ -7,10 +7,10 @@ use std::sync::Mutex;
 use nix::mount::{MntFlags, MsFlags};
 
 use super::*;
-use crate::vm::host_cgroup::HostCgroupSpec;
 use crate::vm::agent::{
     AgentVersion, ContainerStats, GuestNetwork, GuestProcess, OutputStream, ProcessAddr,
 };
+use crate::vm::host_cgroup::HostCgroupSpec;
 
 /// Stands for a VMM: a `sleep` working in the state dir, and the console line the
 /// agent prints once it serves.
