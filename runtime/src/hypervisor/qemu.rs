@@ -435,7 +435,12 @@ mod tests {
             assert_eq!(args[at + 1], sandbox.arg());
             assert!(!args.iter().any(|a| a == "none"), "{args:?}");
         }
-        assert!(check_sandboxed(&virtiofsd_args(Path::new("fs.sock"), Path::new("/s"), FsSandbox::for_host())).is_ok());
+        assert!(check_sandboxed(&virtiofsd_args(
+            Path::new("fs.sock"),
+            Path::new("/s"),
+            FsSandbox::for_host()
+        ))
+        .is_ok());
     }
 
     #[test]
@@ -449,7 +454,10 @@ mod tests {
             args(&["--shared-dir", "/s", "--sandbox"]),
         ] {
             let err = check_sandboxed(&bad).unwrap_err().to_string();
-            assert!(err.contains("--sandbox namespace or chroot"), "{bad:?}: {err}");
+            assert!(
+                err.contains("--sandbox namespace or chroot"),
+                "{bad:?}: {err}"
+            );
         }
         assert!(check_sandboxed(&args(&["--sandbox=chroot"])).is_ok());
     }
