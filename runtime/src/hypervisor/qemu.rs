@@ -422,6 +422,15 @@ impl Hypervisor for Qemu {
     }
 }
 
+/// Paths of the programs this backend would use, for `husk check`.
+pub fn programs() -> [(&'static str, Option<PathBuf>); 3] {
+    [
+        (QEMU, super::find_program(QEMU)),
+        (VIRTIOFSD, super::find_program(VIRTIOFSD)),
+        (VHOST_VSOCK, super::find_program(VHOST_VSOCK)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,13 +478,4 @@ mod tests {
             assert_eq!(FsSandbox::for_host(), FsSandbox::Namespace);
         }
     }
-}
-
-/// Paths of the programs this backend would use, for `husk check`.
-pub fn programs() -> [(&'static str, Option<PathBuf>); 3] {
-    [
-        (QEMU, super::find_program(QEMU)),
-        (VIRTIOFSD, super::find_program(VIRTIOFSD)),
-        (VHOST_VSOCK, super::find_program(VHOST_VSOCK)),
-    ]
 }
