@@ -259,6 +259,8 @@ cat > "$H/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# husk runs each sandbox's VM processes in a host cgroup of its own (docs/security.md).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 [ -f /mod/ccp.ko ] && insmod /mod/ccp.ko
 insmod /mod/irqbypass.ko && insmod /mod/kvm.ko && insmod /mod/kvm-amd.ko @KVM_AMD_OPTS@
 for m in tun veth sch_ingress cls_u32 act_mirred; do [ -f /mod/$m.ko ] && insmod /mod/$m.ko; done
