@@ -96,7 +96,7 @@ if [ "$CONTAINER_TEST" = 1 ]; then
     cp "$BUSYBOX" "$ROOTFS/bin/busybox"
     ln -s busybox "$ROOTFS/bin/sh"
     "$VIRTIOFSD" --socket-path "$WORK/virtiofs.sock" --shared-dir "$WORK/shared" \
-        --sandbox none --cache never >"$WORK/virtiofsd.log" 2>&1 &
+        --sandbox namespace --cache never >"$WORK/virtiofsd.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 100); do [ -S "$WORK/virtiofs.sock" ] && break; sleep 0.05; done
     [ -S "$WORK/virtiofs.sock" ] || fail "virtiofsd did not create its socket"

@@ -44,6 +44,9 @@ pub enum HypervisorError {
     /// A helper did not come up (its socket never appeared or it exited).
     #[error("{program} did not start: {detail}")]
     HelperFailed { program: String, detail: String },
+    /// A VM process would run without the confinement husk requires.
+    #[error("refusing to start a VM process unconfined: {0}")]
+    Unconfined(String),
     /// Other I/O on the VM's state directory.
     #[error("{what}: {source}")]
     Io {

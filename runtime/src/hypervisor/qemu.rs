@@ -220,6 +220,101 @@ fn wait_for_socket(
     }
 }
 
+/// How virtiofsd confines itself. It does not check the names in FUSE requests: its
+/// passthrough hands them to unlinkat/mknodat/renameat2 as they come, so only its
+/// sandbox makes an absolute name ("/etc/shadow") harmless. `none` is never used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsSandbox {
+    /// New mount, pid and network namespaces, pivoted into the shared dir (old root
+    /// detached): the default.
+    Namespace,
+    /// chroot(2) into the shared dir, where namespaces cannot be made.
+    Chroot,
+}
+
+impl FsSandbox {
+    /// `namespace` where this host lets root make mount, pid and network namespaces,
+    /// else `chroot`.
+    pub fn for_host() -> Self {
+        static PICK: std::sync::OnceLock<FsSandbox> = std::sync::OnceLock::new();
+        *PICK.get_or_init(|| {
+            if namespaces_available() {
+                FsSandbox::Namespace
+            } else {
+                tracing::warn!(
+                    "this host cannot make mount/pid/network namespaces: virtiofsd runs with --sandbox chroot"
+                );
+                FsSandbox::Chroot
+            }
+        })
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            FsSandbox::Namespace => "namespace",
+            FsSandbox::Chroot => "chroot",
+        }
+    }
+}
+
+/// Whether a child can unshare what virtiofsd's namespace sandbox unshares.
+fn namespaces_available() -> bool {
+    // SAFETY: the child only calls unshare(2) and _exit(2), both async-signal-safe,
+    // so forking a multi-threaded process is sound here.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: plain syscalls with integer arguments in the forked child.
+            unsafe {
+                let rc = libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET);
+                libc::_exit(if rc == 0 { 0 } else { 1 });
+            }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => matches!(
+            nix::sys::wait::waitpid(child, None),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+        ),
+        Err(_) => false,
+    }
+}
+
+/// virtiofsd's command line: the shared dir, sandboxed as `sandbox` says.
+fn virtiofsd_args(shared_dir: &Path, sandbox: FsSandbox) -> Vec<String> {
+    vec![
+        "--socket-path".into(),
+        VIRTIOFS_SOCKET.into(),
+        "--shared-dir".into(),
+        shared_dir.display().to_string(),
+        "--sandbox".into(),
+        sandbox.arg().into(),
+        // No xattrs are served, so file capabilities cannot be set: SETFCAP goes.
+        "--modcaps=-setfcap".into(),
+        "--seccomp".into(),
+        "kill".into(),
+        "--cache".into(),
+        "never".into(),
+    ]
+}
+
+/// Refuses a virtiofsd command line that does not sandbox it: `--sandbox` must be
+/// given once, as `namespace` or `chroot`.
+fn check_sandboxed(args: &[String]) -> Result<(), HypervisorError> {
+    let mut modes = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--sandbox" {
+            modes.push(it.next().map(String::as_str).unwrap_or(""));
+        } else if let Some(mode) = arg.strip_prefix("--sandbox=") {
+            modes.push(mode);
+        }
+    }
+    match modes.as_slice() {
+        ["namespace"] | ["chroot"] => Ok(()),
+        _ => Err(HypervisorError::Unconfined(format!(
+            "virtiofsd must run with --sandbox namespace or chroot, got {modes:?}"
+        ))),
+    }
+}
+
 /// Kills and reaps helpers started before a failure.
 fn abandon(helpers: Vec<Helper>) {
     for mut h in helpers {
@@ -279,21 +374,12 @@ impl Hypervisor for Qemu {
         }
 
         let fs_log = dir.join("virtiofsd.log");
-        let mut fs = match spawn(
-            &self.virtiofsd,
-            &[
-                "--socket-path".into(),
-                VIRTIOFS_SOCKET.into(),
-                "--shared-dir".into(),
-                spec.shared_dir.display().to_string(),
-                "--sandbox".into(),
-                "none".into(),
-                "--cache".into(),
-                "never".into(),
-            ],
-            dir,
-            &fs_log,
-        ) {
+        let fs_args = virtiofsd_args(&spec.shared_dir, FsSandbox::for_host());
+        if let Err(e) = check_sandboxed(&fs_args) {
+            abandon(helpers);
+            return Err(e);
+        }
+        let mut fs = match spawn(&self.virtiofsd, &fs_args, dir, &fs_log) {
             Ok(child) => child,
             Err(e) => {
                 abandon(helpers);
@@ -327,6 +413,47 @@ impl Hypervisor for Qemu {
             helpers,
             vmm_status: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtiofsd_is_always_sandboxed() {
+        for sandbox in [FsSandbox::Namespace, FsSandbox::Chroot] {
+            let args = virtiofsd_args(Path::new("/state/shared"), sandbox);
+            check_sandboxed(&args).unwrap();
+            let at = args.iter().position(|a| a == "--sandbox").unwrap();
+            assert_eq!(args[at + 1], sandbox.arg());
+            assert!(!args.iter().any(|a| a == "none"), "{args:?}");
+        }
+        assert!(check_sandboxed(&virtiofsd_args(Path::new("/s"), FsSandbox::for_host())).is_ok());
+    }
+
+    #[test]
+    fn an_unsandboxed_virtiofsd_is_refused() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for bad in [
+            args(&["--shared-dir", "/s", "--sandbox", "none"]),
+            args(&["--shared-dir", "/s", "--sandbox=none"]),
+            args(&["--shared-dir", "/s"]),
+            args(&["--sandbox", "namespace", "--sandbox", "none"]),
+            args(&["--shared-dir", "/s", "--sandbox"]),
+        ] {
+            let err = check_sandboxed(&bad).unwrap_err().to_string();
+            assert!(err.contains("--sandbox namespace or chroot"), "{bad:?}: {err}");
+        }
+        assert!(check_sandboxed(&args(&["--sandbox=chroot"])).is_ok());
+    }
+
+    #[test]
+    fn this_host_sandboxes_virtiofsd_in_namespaces() {
+        // Root here can make the namespaces (the vm suite runs as root).
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(FsSandbox::for_host(), FsSandbox::Namespace);
+        }
     }
 }
 
