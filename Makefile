@@ -27,7 +27,8 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Unit tests: no root, no engines. (husk-vmm's run in test-vmm, with its KVM layer.)
+# Unit tests: no engines; the sandbox's mount and cgroup tests need root, as CI has.
+# (husk-vmm's run in test-vmm, with its KVM layer.)
 unit-test: setup
 	$(CARGO) test $(CARGO_PROFILE) --workspace --exclude husk-e2e --exclude husk-benches --exclude husk-vmm
 

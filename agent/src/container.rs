@@ -330,6 +330,88 @@ pub fn validate_create(
     })
 }
 
+/// Where a read-only rootfs gets its writable view, in the container's bundle dir.
+const VIEW_DIR: &str = "root";
+/// The tmpfs holding the view's upper and work dirs.
+const VIEW_RW_DIR: &str = "root-rw";
+/// Size of that tmpfs: mount points and the few files libcontainer writes.
+const VIEW_RW_SIZE: &str = "size=4m";
+
+/// A read-only rootfs as libcontainer needs it: the host shares a rootfs whose spec
+/// says `root.readonly` read-only (the guest's own view of the share says nothing of
+/// that: writes fail with EROFS from the host), yet libcontainer creates mount points
+/// in it before it remounts the root read-only. An overlay (the shared rootfs below,
+/// a small tmpfs above) takes those writes in guest memory; the container still sees
+/// a read-only root.
+fn writable_view(
+    rootfs: &std::path::Path,
+    bundle: &std::path::Path,
+) -> Result<PathBuf, ContainerError> {
+    use nix::mount::{mount, MsFlags};
+    let lower = rootfs.to_str().filter(|p| !p.contains([',', ':', '\\']));
+    let lower = lower.ok_or(ContainerError::Unsupported(
+        "a read-only rootfs path with ',', ':' or '\\'",
+    ))?;
+    // A rootfs the host bound into the share is a submount there, which the guest
+    // kernel mounts on first use (a FUSE automount point): open it now, or overlayfs
+    // finds the automount point instead of the rootfs and refuses it.
+    std::fs::read_dir(rootfs).map_err(io_err(format!("open {lower}")))?;
+    let rw = bundle.join(VIEW_RW_DIR);
+    let view = bundle.join(VIEW_DIR);
+    for dir in [&rw, &view] {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    }
+    let mount_err = |what: String| move |e: nix::Error| io_err(what)(e.into());
+    mount(
+        Some("tmpfs"),
+        &rw,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(VIEW_RW_SIZE),
+    )
+    .map_err(mount_err(format!("mount a tmpfs on {}", rw.display())))?;
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    for dir in [&upper, &work] {
+        std::fs::create_dir(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    }
+    let options = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    if let Err(e) = mount(
+        Some("overlay"),
+        &view,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    ) {
+        release_writable_view(bundle);
+        return Err(mount_err(format!(
+            "mount an overlay of the read-only rootfs {lower}"
+        ))(e));
+    }
+    Ok(view)
+}
+
+/// Releases a container's writable view when its create fails.
+struct ViewGuard(Option<PathBuf>);
+
+impl Drop for ViewGuard {
+    fn drop(&mut self) {
+        if let Some(bundle) = self.0.take() {
+            release_writable_view(&bundle);
+        }
+    }
+}
+
+/// Unmounts what [`writable_view`] mounted in `bundle`, if anything.
+fn release_writable_view(bundle: &std::path::Path) {
+    for dir in [VIEW_DIR, VIEW_RW_DIR] {
+        let _ = nix::mount::umount2(&bundle.join(dir), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// The containers of this sandbox.
 pub struct Containers {
     paths: Paths,
@@ -372,7 +454,14 @@ impl Containers {
         std::fs::create_dir_all(&paths.state).map_err(io_err("create state dir"))?;
         let mut spec = p.spec;
         let mut root = spec.root().clone().unwrap_or_default();
-        root.set_path(p.rootfs.clone());
+        let rootfs = if root.readonly().unwrap_or(false) {
+            writable_view(&p.rootfs, &bundle)?
+        } else {
+            p.rootfs.clone()
+        };
+        // Any failure from here on unmounts the view again (a success disarms it).
+        let mut view_guard = ViewGuard(Some(bundle.clone()));
+        root.set_path(rootfs);
         spec.set_root(Some(root));
         // The host's cgroupsPath names a host cgroup; in the guest we pick one, so
         // stats, updates and OOM events know where to look.
@@ -443,6 +532,7 @@ impl Containers {
                 return Err(e);
             }
         };
+        view_guard.0 = None;
         let mut processes = HashMap::new();
         processes.insert(String::new(), process);
         let id = p.id;
@@ -783,6 +873,7 @@ impl Containers {
             self.reaper.forget(pid);
         }
         let bundle = self.paths().bundles.join(id);
+        release_writable_view(&bundle);
         let _ = std::fs::remove_dir_all(bundle);
         Ok(())
     }

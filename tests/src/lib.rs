@@ -1,5 +1,6 @@
 //! Harness for husk's end-to-end suites: real husk binaries, real engines started on
-//! private sockets and data dirs, a busybox rootfs, and leak checks.
+//! private sockets and data dirs, a busybox rootfs, leak checks, and a virtio-fs
+//! driver that talks to virtiofsd as a (hostile) guest would.
 //!
 //! The suites need root and the engines installed (`make setup`). They refuse to run
 //! otherwise, loudly: a suite that cannot run fails, it never passes by skipping.
@@ -7,9 +8,11 @@
 pub mod cmd;
 pub mod engines;
 pub mod fixture;
+pub mod fuse_client;
 pub mod guest;
 pub mod leaks;
 pub mod netns;
+pub mod vhost_user;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

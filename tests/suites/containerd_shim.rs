@@ -154,6 +154,33 @@ fn cases() -> Vec<Case> {
                 check(pids.code == 0 && pids.stdout.lines().count() >= 2, || {
                     env.fail(format!("ps: {pids:?}"))
                 })?;
+                // Host pids containerd may signal: the VM's host processes, never
+                // guest pids (which name unrelated host processes, or none).
+                for pid in pids
+                    .stdout
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().next())
+                {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    let comm = comm.trim();
+                    check(
+                        [
+                            "qemu-system-x86",
+                            "virtiofsd",
+                            "vhost-device-vs",
+                            "husk-vmm",
+                        ]
+                        .iter()
+                        .any(|vm| comm.starts_with(vm)),
+                        || {
+                            env.fail(format!(
+                                "ps lists pid {pid} ({comm:?}), not a VM process: {pids:?}"
+                            ))
+                        },
+                    )?;
+                }
                 // ctr 1.6 has no `task update`: call the shim as containerd's CRI
                 // UpdateContainerResources does; the guest cgroup's limit shows in
                 // the task's metrics.

@@ -91,6 +91,9 @@ pub struct Created {
     pub agent: Arc<dyn Agent>,
     /// The VMM's host pid: what containerd shows as the task's pid.
     pub vmm_pid: u32,
+    /// The VM's host processes, the VMM first: what stands for the container on the
+    /// host (its guest pids mean nothing to containerd).
+    pub vm_pids: Vec<u32>,
 }
 
 /// What the task service asks for.
@@ -198,7 +201,14 @@ impl PodThread {
     fn create(&mut self, c: NewContainer) -> Result<Created, PodError> {
         let config = Config::load(std::env::var_os("HUSK_CONFIG").as_deref().map(Path::new))?;
         let bundle = Bundle::load(&c.bundle).map_err(SupervisorError::from)?;
-        let launch = VmLaunch::prepare(&c.id, &bundle, &config, Backend::Auto)?;
+        // containerd names a systemd cgroup as slice:prefix:name, a cgroupfs one as
+        // a path.
+        let systemd = bundle
+            .json
+            .pointer("/linux/cgroupsPath")
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3);
+        let launch = VmLaunch::prepare(&c.id, &bundle, &config, Backend::Auto, systemd)?;
         if let Some(wanted) = launch
             .annotations
             .as_ref()
@@ -231,6 +241,7 @@ impl PodThread {
         Ok(Created {
             guest_id: launch.guest_id,
             vmm_pid: sandbox.vmm_pid(),
+            vm_pids: sandbox.pids(),
             agent: sandbox.agent().clone(),
         })
     }
@@ -260,6 +271,8 @@ impl PodThread {
             host_setup: None,
             sandbox_id: &launch.guest_id,
             hostname: launch.hostname(),
+            // The first container's (the CRI sandbox's) cgroup holds the whole pod VM.
+            host_cgroup: Some(launch.host_cgroup.clone()),
         })?;
         tracing::info!(
             boot_ms = sandbox.boot_time.as_millis() as u64,

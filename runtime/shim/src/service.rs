@@ -79,6 +79,8 @@ struct Container {
     guest_id: String,
     agent: Arc<dyn Agent>,
     vmm_pid: u32,
+    /// The VM's host processes (see [`crate::pod::Created::vm_pids`]).
+    vm_pids: Vec<u32>,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
     paused: bool,
@@ -212,6 +214,7 @@ impl TaskService {
                 guest_id: created.guest_id,
                 agent: created.agent,
                 vmm_pid: pid,
+                vm_pids: created.vm_pids,
                 init,
                 execs: HashMap::new(),
                 paused: false,
@@ -597,13 +600,16 @@ impl Task for TaskService {
 
     fn pids(&self, ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         log_call(ctx, "Pids", &req.id);
-        let (agent, guest_id) = self.agent_of(&req.id)?;
-        let list = agent.list_processes(&guest_id).map_err(agent_failed)?;
+        // containerd reads these as host pids (it may signal them): the VM's live host
+        // processes stand for the container, never the guest's pids (`husk ps` and
+        // the agent list those).
+        let pids = self.with_container(&req.id, |c| Ok(c.vm_pids.clone()))?;
         Ok(PidsResponse {
-            processes: list
-                .iter()
-                .map(|p| ProcessInfo {
-                    pid: p.pid as u32,
+            processes: pids
+                .into_iter()
+                .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .map(|pid| ProcessInfo {
+                    pid,
                     ..Default::default()
                 })
                 .collect(),

@@ -48,7 +48,15 @@ pub fn run(args: SuperviseArgs, global: &GlobalOpts) -> Result<i32> {
     let config = global.load_config()?;
     let launch = Bundle::load(&args.bundle)
         .map_err(SupervisorError::from)
-        .and_then(|bundle| VmLaunch::prepare(id, &bundle, &config, global.hypervisor.backend()));
+        .and_then(|bundle| {
+            VmLaunch::prepare(
+                id,
+                &bundle,
+                &config,
+                global.hypervisor.backend(),
+                global.systemd_cgroup,
+            )
+        });
     let launch = match launch {
         Ok(launch) => launch,
         Err(e) => {

@@ -41,14 +41,20 @@ fn prepare(
     decision: &IsolationDecision,
 ) -> Result<VmLaunch> {
     let config = global.load_config()?;
-    let launch =
-        VmLaunch::prepare(id, bundle, &config, global.hypervisor.backend()).map_err(|e| {
-            anyhow!(refusal(
-                id,
-                decision,
-                format_args!("cannot be provided: {e}")
-            ))
-        })?;
+    let launch = VmLaunch::prepare(
+        id,
+        bundle,
+        &config,
+        global.hypervisor.backend(),
+        global.systemd_cgroup,
+    )
+    .map_err(|e| {
+        anyhow!(refusal(
+            id,
+            decision,
+            format_args!("cannot be provided: {e}")
+        ))
+    })?;
     if global.debug {
         eprintln!(
             "husk: vm isolation with {} ({}), {} MiB, {} vCPU",

@@ -277,11 +277,13 @@ fn namespaces_available() -> bool {
     }
 }
 
-/// virtiofsd's command line: the shared dir, sandboxed as `sandbox` says.
-fn virtiofsd_args(shared_dir: &Path, sandbox: FsSandbox) -> Vec<String> {
+/// virtiofsd's command line: serve `shared_dir` on the vhost-user socket `socket`,
+/// sandboxed as `sandbox` says. Public so that the hostile-guest suite attacks
+/// virtiofsd exactly as husk runs it.
+pub fn virtiofsd_args(socket: &Path, shared_dir: &Path, sandbox: FsSandbox) -> Vec<String> {
     vec![
         "--socket-path".into(),
-        VIRTIOFS_SOCKET.into(),
+        socket.display().to_string(),
         "--shared-dir".into(),
         shared_dir.display().to_string(),
         "--sandbox".into(),
@@ -374,7 +376,11 @@ impl Hypervisor for Qemu {
         }
 
         let fs_log = dir.join("virtiofsd.log");
-        let fs_args = virtiofsd_args(&spec.shared_dir, FsSandbox::for_host());
+        let fs_args = virtiofsd_args(
+            Path::new(VIRTIOFS_SOCKET),
+            &spec.shared_dir,
+            FsSandbox::for_host(),
+        );
         if let Err(e) = check_sandboxed(&fs_args) {
             abandon(helpers);
             return Err(e);
@@ -423,13 +429,13 @@ mod tests {
     #[test]
     fn virtiofsd_is_always_sandboxed() {
         for sandbox in [FsSandbox::Namespace, FsSandbox::Chroot] {
-            let args = virtiofsd_args(Path::new("/state/shared"), sandbox);
+            let args = virtiofsd_args(Path::new("fs.sock"), Path::new("/state/shared"), sandbox);
             check_sandboxed(&args).unwrap();
             let at = args.iter().position(|a| a == "--sandbox").unwrap();
             assert_eq!(args[at + 1], sandbox.arg());
             assert!(!args.iter().any(|a| a == "none"), "{args:?}");
         }
-        assert!(check_sandboxed(&virtiofsd_args(Path::new("/s"), FsSandbox::for_host())).is_ok());
+        assert!(check_sandboxed(&virtiofsd_args(Path::new("fs.sock"), Path::new("/s"), FsSandbox::for_host())).is_ok());
     }
 
     #[test]

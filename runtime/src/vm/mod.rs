@@ -3,6 +3,7 @@
 //! - [`sandbox`]: one VM's whole life (boot, containers, teardown), for the CLI's
 //!   supervisor and the containerd shim alike;
 //! - [`agent`]: the typed client of the guest agent, every call and its timeout;
+//! - [`host_cgroup`]: the host cgroup every VM process of a sandbox runs in;
 //! - [`share`]: the host side of the shared directory, guest-proof;
 //! - [`guest_spec`]: the bundle's spec rewritten for the guest, shared bind mounts,
 //!   the VM's size;
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod guest_spec;
+pub mod host_cgroup;
 pub mod network;
 pub mod relay;
 pub mod sandbox;

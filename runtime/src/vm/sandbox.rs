@@ -29,9 +29,10 @@ use serde_json::Value;
 
 use super::agent::{Agent, AgentError, GuestAgent, GuestContainer, ProcessAddr};
 use super::guest_spec::{HostHooks, SharedMount};
+use super::host_cgroup::{self, HostCgroup, HostCgroupError, HostCgroupSpec};
 use super::network::{self, NetworkPlan};
 use super::relay::{self, HostStdio, RelayError};
-use super::share::{self, ContainerShare, ShareError, StateDir, SHARED_DIR};
+use super::share::{self, ContainerShare, ShareError, StateDir, PRIVATE_DIR, SHARED_DIR};
 use super::signals::ForwardedSignals;
 use crate::hypervisor::{
     Accel, GuestArtifacts, Hypervisor, TapDevice, VmBootSpec, VmProcesses, SHARED_FS_TAG,
@@ -109,6 +110,9 @@ pub enum SandboxError {
     /// Sharing a container's files with the guest failed.
     #[error(transparent)]
     Share(#[from] ShareError),
+    /// The sandbox's host cgroup could not be made, entered or removed.
+    #[error(transparent)]
+    HostCgroup(#[from] HostCgroupError),
     /// The guest already has a container of that id.
     #[error("the sandbox already has a container {0}")]
     ContainerExists(String),
@@ -155,6 +159,9 @@ pub struct SandboxRecord {
     /// The containers' folders in the share (`c/<guest id>`).
     #[serde(default)]
     pub folders: Vec<String>,
+    /// The host cgroup the VM processes run in (removed at teardown).
+    #[serde(default)]
+    pub cgroup: Option<HostCgroupSpec>,
 }
 
 impl SandboxRecord {
@@ -243,6 +250,9 @@ pub struct BootParams<'a> {
     /// The guest sandbox's id and hostname (CreateSandbox).
     pub sandbox_id: &'a str,
     pub hostname: &'a str,
+    /// The host cgroup that the booting process enters before the VM starts, so that
+    /// every VM process is born in it (see [`super::host_cgroup`]).
+    pub host_cgroup: Option<HostCgroupSpec>,
 }
 
 /// A container to add to a running sandbox.
@@ -271,6 +281,8 @@ pub struct Sandbox {
     network: Option<network::Attachment>,
     containers: HashMap<String, ContainerShare>,
     record: SandboxRecord,
+    /// The host cgroup this process entered for the VM.
+    cgroup: Option<HostCgroup>,
     destroyed: bool,
     /// VMM start to first health check answered.
     pub boot_time: Duration,
@@ -304,11 +316,19 @@ impl Sandbox {
                 husk_pid: std::process::id(),
                 ..Default::default()
             },
+            cgroup: None,
             destroyed: false,
             boot_time: Duration::ZERO,
             accel: p.hypervisor.accel(),
         };
-        sandbox.state_dir.make_dirs(Path::new(SHARED_DIR))?;
+        share::prepare_share(&sandbox.state_dir)?;
+        if let Some(spec) = p.host_cgroup {
+            // Recorded first: a crash inside leaves it for the teardown to remove.
+            sandbox.record.cgroup = Some(spec.clone());
+            sandbox.store_record()?;
+            let limits = host_cgroup::sandbox_limits(p.memory_mib, p.vcpus, sandbox.accel);
+            sandbox.cgroup = Some(HostCgroup::enter(spec, &limits)?);
+        }
         if let Some(setup) = &p.host_setup {
             prepare_host_side(setup, p.network)?;
         }
@@ -392,10 +412,18 @@ impl Sandbox {
             record.mounts = before.iter().chain(mounts).cloned().collect();
             record.store(dir)
         };
+        // `root.readonly` holds on the host side too: the guest kernel is not trusted
+        // to honour it.
+        let read_only_rootfs = c
+            .spec
+            .pointer("/root/readonly")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let shared = share::share_container(
             &self.state_dir,
             c.guest_id,
             c.rootfs,
+            read_only_rootfs,
             c.mounts,
             &mut write_record,
         );
@@ -614,6 +642,15 @@ impl Sandbox {
             }
         }
         self.containers.clear();
+        if let Some(cgroup) = self.cgroup.take() {
+            match cgroup.leave_and_remove() {
+                Ok(()) => {
+                    self.record.cgroup = None;
+                    let _ = self.store_record();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot remove the sandbox's host cgroup"),
+            }
+        }
         if let Err(e) = release(&self.dir, &self.state_dir, &self.record, keep) {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove the sandbox dir");
         }
@@ -770,12 +807,12 @@ fn release(
         )));
     }
     for folder in &record.folders {
-        let base = Path::new(SHARED_DIR).join(folder);
+        let base = Path::new(PRIVATE_DIR).join(folder);
         for d in [base.join(super::guest_spec::MOUNTS_DIR), base] {
             state_dir.remove(&d)?;
         }
     }
-    share::remove_shared_dirs(state_dir)?;
+    share::release_share(state_dir, &record.folders)?;
     remove_state_files(dir, keep).map_err(io(format!("remove {}", dir.display())))
 }
 
@@ -872,8 +909,24 @@ pub fn teardown_dir(dir: &Path, id: &str, force: bool) -> Result<(), SandboxErro
     network::detach_recorded(dir);
     // The owner may have recorded more since we read it.
     let record = SandboxRecord::load(dir).unwrap_or(record);
+    if let Some(cgroup) = &record.cgroup {
+        // Before the record goes: a cgroup still busy keeps it for a retry.
+        remove_cgroup_when_empty(cgroup)?;
+    }
     let state_dir = StateDir::open(dir)?;
     release(dir, &state_dir, &record, &[])
+}
+
+/// Removes a dead sandbox's host cgroup, giving its last processes a moment to go.
+fn remove_cgroup_when_empty(cgroup: &HostCgroupSpec) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cgroup.remove() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// The last `lines` lines of the guest console, framed for an error message (guest

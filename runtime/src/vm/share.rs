@@ -1,16 +1,26 @@
-//! The host side of a sandbox's shared directory (`<state dir>/shared`, the guest's
-//! `/run/husk/shared` over virtio-fs): each container's rootfs and bind-mount
-//! sources are bound under a folder of its own, `shared/c/<guest id>/`, and unbound
-//! from there.
+//! The host side of a sandbox's shared directory, the guest's `/run/husk/shared`
+//! over virtio-fs. Two directories of the state dir make it:
 //!
-//! The guest can write into the share while the host works in it, so every host
-//! operation here goes through a descriptor of the state directory and resolves
-//! paths with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: a symlink or `..`
-//! planted by the guest makes the operation fail instead of leading it to a host
-//! path. Mounts are made onto, and removed from, the descriptor of the target
-//! (`/proc/self/fd/N`), never a path the guest could swap between check and use. The
-//! host only ever touches paths it recorded itself: it never lists a directory the
-//! guest can write.
+//! - `private/`, host-only, where every mount is made: each container's rootfs and
+//!   bind-mount sources under a folder of its own, `private/c/<guest id>/`. It is a
+//!   mount of its own with shared propagation;
+//! - `shared/`, what the backends serve to the guest: a bind of `private/` in the same
+//!   peer group, remounted read-only, nosuid and nodev. Every mount made under
+//!   `private/` appears under `shared/` by propagation (and in a helper's or jail's
+//!   mount namespace that holds a slave copy), but the guest can change nothing of
+//!   the directories the host works in: the top level, `c/`, each container's folder
+//!   and its `mounts/` are read-only to it. Only inside a container's own mounts (its
+//!   rootfs, a writable volume) can it write, and the host never walks those.
+//!
+//! Every host operation here still goes through a descriptor of the state directory
+//! and resolves paths with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and mounts
+//! are attached to, and detached from, the descriptor of their target: should a path
+//! ever be writable by the guest, a symlink or `..` planted there makes the operation
+//! fail instead of leading it to a host path. A bind is prepared detached
+//! (`open_tree`), made nosuid, nodev and, for a read-only one, read-only recursively
+//! (`mount_setattr(AT_RECURSIVE)`) before it is attached (`move_mount`): the guest
+//! never sees it writable, nor a writable submount of it. The host only ever touches
+//! paths it recorded itself: it never lists a directory the guest can write.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -22,9 +32,12 @@ use nix::sys::stat::Mode;
 
 use super::guest_spec::{SharedMount, MOUNTS_DIR};
 
-/// The shared directory, relative to the state directory.
+/// The guest's read-only view of the share, relative to the state directory.
 pub const SHARED_DIR: &str = "shared";
-/// Containers' folders, relative to the shared directory.
+/// The host-only side of the share, where mounts are made, relative to the state
+/// directory.
+pub const PRIVATE_DIR: &str = "private";
+/// Containers' folders, relative to the shared (and the private) directory.
 pub const CONTAINERS_DIR: &str = "c";
 /// A container's rootfs inside its folder.
 const ROOTFS_NAME: &str = "rootfs";
@@ -185,42 +198,25 @@ impl StateDir {
         Ok(())
     }
 
-    /// Bind-mounts `source` (a host path the engine gave) on `rel`, read-only on the
-    /// host too when asked: the guest kernel is not trusted to honour `ro` alone.
+    /// Bind-mounts `source` (a host path the engine gave) on `rel`, recursively,
+    /// nosuid and nodev, and read-only on the host too when asked (the guest kernel is
+    /// not trusted to honour `ro` alone): the tree is cloned detached, its attributes
+    /// set on every mount of it, and only then attached, so no one ever sees it
+    /// otherwise.
     fn bind(&self, source: &Path, rel: &Path, read_only: bool) -> Result<(), ShareError> {
-        let target = self.open_beneath(rel, OFlag::O_PATH)?;
-        let target_path = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
         let bind_err = |source_err| ShareError::Bind {
             source_path: source.to_path_buf(),
             target: rel.to_path_buf(),
             source: source_err,
         };
-        nix::mount::mount(
-            Some(source),
-            &target_path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(bind_err)?;
+        let target = self.open_beneath(rel, OFlag::O_PATH)?;
+        let tree = mount_api::clone_tree(source).map_err(bind_err)?;
+        let mut attributes = mount_api::MOUNT_ATTR_NOSUID | mount_api::MOUNT_ATTR_NODEV;
         if read_only {
-            // The new mount is on top of `target`: reach it afresh (the descriptor
-            // names the directory underneath).
-            let mounted = self.open_beneath(rel, OFlag::O_PATH)?;
-            let mounted_path = format!("/proc/self/fd/{}", mounted.as_raw_fd());
-            let remounted = nix::mount::mount(
-                None::<&str>,
-                mounted_path.as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                None::<&str>,
-            );
-            if let Err(e) = remounted {
-                let _ = self.unmount(rel);
-                return Err(bind_err(e));
-            }
+            attributes |= mount_api::MOUNT_ATTR_RDONLY;
         }
-        Ok(())
+        mount_api::set_attributes(&tree, attributes).map_err(bind_err)?;
+        mount_api::attach(&tree, &target).map_err(bind_err)
     }
 
     /// Detaches the mount on `rel`. `Ok(false)`: nothing was mounted there (any
@@ -292,19 +288,22 @@ pub fn container_folder(guest_id: &str) -> String {
     format!("{CONTAINERS_DIR}/{guest_id}")
 }
 
-/// Binds a container's rootfs to `shared/c/<guest id>/rootfs` and each bind-mount
-/// source to `shared/c/<guest id>/mounts/<name>`. Every target is passed to
+/// Binds a container's rootfs to `private/c/<guest id>/rootfs` (read-only when its
+/// spec's `root.readonly` says so: the guest agent then writes mount points into an
+/// overlay of its own) and each bind-mount source to
+/// `private/c/<guest id>/mounts/<name>`. Every target is passed to
 /// `record` before it is mounted (so a crash leaves it recorded for the teardown);
 /// on failure what was made is undone.
 pub fn share_container(
     state: &StateDir,
     guest_id: &str,
     rootfs: &Path,
+    read_only_rootfs: bool,
     mounts: &[SharedMount],
     record: &mut dyn FnMut(&[PathBuf]) -> std::io::Result<()>,
 ) -> Result<ContainerShare, ShareError> {
     let folder = container_folder(guest_id);
-    let base = Path::new(SHARED_DIR).join(&folder);
+    let base = Path::new(PRIVATE_DIR).join(&folder);
     let mut share = ContainerShare {
         folder,
         mounts: Vec::new(),
@@ -312,7 +311,7 @@ pub fn share_container(
     let result = (|| {
         let target = base.join(ROOTFS_NAME);
         state.make_dirs(&target)?;
-        bind_recorded(state, rootfs, &target, false, &mut share, record)?;
+        bind_recorded(state, rootfs, &target, read_only_rootfs, &mut share, record)?;
         if !mounts.is_empty() {
             state.make_dirs(&base.join(MOUNTS_DIR))?;
         }
@@ -360,7 +359,7 @@ fn bind_recorded(
 pub fn unshare_container(state: &StateDir, share: &ContainerShare) -> Vec<PathBuf> {
     let left = release_mounts(state, &share.mounts);
     if left.is_empty() {
-        let base = Path::new(SHARED_DIR).join(&share.folder);
+        let base = Path::new(PRIVATE_DIR).join(&share.folder);
         for dir in [base.join(MOUNTS_DIR), base] {
             if let Err(e) = state.remove(&dir) {
                 tracing::warn!(error = %e, "cannot remove a container's shared folder");
@@ -398,11 +397,189 @@ pub fn release_mounts(state: &StateDir, targets: &[PathBuf]) -> Vec<PathBuf> {
     left
 }
 
-/// Removes the shared directory's own folders once every container's are gone.
-pub fn remove_shared_dirs(state: &StateDir) -> Result<(), ShareError> {
+/// Makes the share of a new sandbox: `private/` as a mount with shared propagation
+/// and `shared/` as its read-only, nosuid, nodev view (see the module docs). Run
+/// before the VM starts; [`release_share`] undoes it (also after a crash: it checks
+/// what is mounted, and both paths are host-only).
+pub fn prepare_share(state: &StateDir) -> Result<(), ShareError> {
+    let private = Path::new(PRIVATE_DIR);
     let shared = Path::new(SHARED_DIR);
-    state.remove(&shared.join(CONTAINERS_DIR))?;
-    state.remove(shared)
+    state.make_dirs(&private.join(CONTAINERS_DIR))?;
+    state.make_dirs(shared)?;
+    let mount_err = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ShareError::Path { what, path, source }
+    };
+    let fd_path = |fd: &OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    // private/ onto itself, then shared: later mounts under it propagate to its peers.
+    let dir = state.open_beneath(private, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    nix::mount::mount(
+        Some(fd_path(&dir).as_str()),
+        fd_path(&dir).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(mount_err("mount", private))?;
+    let mounted = state.open_beneath(private, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    nix::mount::mount(
+        None::<&str>,
+        fd_path(&mounted).as_str(),
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(mount_err("make shared", private))?;
+    // shared/: a bind of the shared mount joins its peer group; then read-only. No
+    // guest runs yet, so the moment between the two is unobserved.
+    let view = state.open_beneath(shared, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    nix::mount::mount(
+        Some(fd_path(&mounted).as_str()),
+        fd_path(&view).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(mount_err("mount", shared))?;
+    let view_mounted = state.open_beneath(shared, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    nix::mount::mount(
+        None::<&str>,
+        fd_path(&view_mounted).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(mount_err("make read-only", shared))
+}
+
+/// Undoes [`prepare_share`] once every container's mounts and folders are gone:
+/// detaches `shared/` and `private/` where mounted and removes them. Idempotent.
+/// `legacy_folders`: containers' folders a sandbox made by an older husk kept
+/// directly under `shared/`.
+pub fn release_share(state: &StateDir, legacy_folders: &[String]) -> Result<(), ShareError> {
+    for top in [SHARED_DIR, PRIVATE_DIR] {
+        // Anything stacked on it (never by us, but a crash could leave two).
+        loop {
+            match state.unmount(Path::new(top)) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(ShareError::Path {
+                    what: "open",
+                    source: nix::errno::Errno::ENOENT,
+                    ..
+                }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    state.remove(&Path::new(PRIVATE_DIR).join(CONTAINERS_DIR))?;
+    state.remove(Path::new(PRIVATE_DIR))?;
+    for folder in legacy_folders {
+        let base = Path::new(SHARED_DIR).join(folder);
+        for dir in [base.join(MOUNTS_DIR), base] {
+            state.remove(&dir)?;
+        }
+    }
+    state.remove(&Path::new(SHARED_DIR).join(CONTAINERS_DIR))?;
+    state.remove(Path::new(SHARED_DIR))
+}
+
+/// The new mount API (open_tree, mount_setattr, move_mount; Linux 5.12+), which nix
+/// does not wrap.
+mod mount_api {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+    /// `struct mount_attr` (linux/mount.h).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+
+    /// A detached copy of the mount tree at `source` (a host path the engine gave),
+    /// submounts included.
+    pub fn clone_tree(source: &Path) -> Result<OwnedFd, nix::Error> {
+        let path = CString::new(source.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL)?;
+        // SAFETY: open_tree reads the NUL-terminated path, which outlives the call,
+        // and returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(nix::Error::last());
+        }
+        // SAFETY: open_tree returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Sets `attributes` on every mount of the detached tree `tree`.
+    pub fn set_attributes(tree: &OwnedFd, attributes: u64) -> Result<(), nix::Error> {
+        let attr = MountAttr {
+            attr_set: attributes,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: mount_setattr reads `attr` (of the size passed) and the empty
+        // NUL-terminated path, both alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(nix::Error::last());
+        }
+        Ok(())
+    }
+
+    /// Attaches the detached tree `tree` on the file or directory `target` (a
+    /// descriptor: no path is resolved again).
+    pub fn attach(tree: &OwnedFd, target: &OwnedFd) -> Result<(), nix::Error> {
+        // SAFETY: move_mount reads the two empty NUL-terminated paths, alive for the
+        // call; the descriptors are open.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                target.as_raw_fd(),
+                c"".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        };
+        if rc != 0 {
+            return Err(nix::Error::last());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -445,17 +622,18 @@ mod tests {
     fn release_skips_what_was_never_made_and_removes_what_is_not_mounted() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        state.make_dirs(Path::new("shared/c/a/rootfs")).unwrap();
+        state.make_dirs(Path::new("private/c/a/rootfs")).unwrap();
+        state.make_dirs(Path::new("shared")).unwrap();
         let share = ContainerShare {
             folder: "c/a".into(),
             mounts: vec![
-                PathBuf::from("shared/c/a/rootfs"),
-                PathBuf::from("shared/c/a/mounts/0"),
+                PathBuf::from("private/c/a/rootfs"),
+                PathBuf::from("private/c/a/mounts/0"),
             ],
         };
         assert_eq!(share.guest_rootfs(), "c/a/rootfs");
         assert!(unshare_container(&state, &share).is_empty());
-        remove_shared_dirs(&state).unwrap();
+        release_share(&state, &[]).unwrap();
         assert!(!dir.path().join("shared").exists());
     }
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::agent::{Agent, ProcessAddr};
 use super::guest_spec::{self, GuestPlan, GuestSpecError, VmSize};
+use super::host_cgroup::HostCgroupSpec;
 use super::relay::{HostPty, HostStdio};
 use super::sandbox::{
     self, BootParams, GuestAgentConnector, HostSetup, NewContainer, Sandbox, SandboxError, MARKER,
@@ -83,6 +84,8 @@ pub struct VmLaunch {
     pub annotations: Option<HashMap<String, String>>,
     /// `process.terminal` of the spec.
     pub terminal: bool,
+    /// The host cgroup the VM's processes run in (the spec's `cgroupsPath`).
+    pub host_cgroup: HostCgroupSpec,
 }
 
 impl VmLaunch {
@@ -92,6 +95,7 @@ impl VmLaunch {
         bundle: &Bundle,
         config: &Config,
         backend: Backend,
+        systemd_cgroup: bool,
     ) -> Result<Self, SupervisorError> {
         let size = guest_spec::vm_size(
             &bundle.json,
@@ -120,6 +124,7 @@ impl VmLaunch {
             why,
             annotations: bundle.annotations().cloned(),
             terminal: bundle.terminal(),
+            host_cgroup: HostCgroupSpec::for_container(&bundle.json, id, systemd_cgroup),
         })
     }
 
@@ -468,6 +473,7 @@ fn boot_and_create(
         }),
         sandbox_id: &launch.guest_id,
         hostname: launch.hostname(),
+        host_cgroup: Some(launch.host_cgroup.clone()),
     })?;
     sandbox.add_container(NewContainer {
         guest_id: &launch.guest_id,

@@ -169,6 +169,16 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        if value & self.status != self.status {
+            // A driver only adds bits (virtio 1.x 2.1.2); clearing one, DRIVER_OK of
+            // a running device say, takes a reset.
+            tracing::debug!(
+                status = self.status,
+                value,
+                "virtio-mmio: status write clearing bits ignored"
+            );
+            return;
+        }
         let newly = value & !self.status;
         let mut value = value;
         if newly & STATUS_FEATURES_OK != 0 {
@@ -492,6 +502,29 @@ mod tests {
         assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
         assert!(!t.is_activated());
         assert_eq!(seen.lock().unwrap().resets, 1);
+    }
+
+    /// A driver cannot take DRIVER_OK back (and so unfreeze the queues of a running
+    /// device) other than by a reset.
+    #[test]
+    fn status_bits_are_cleared_only_by_reset() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        wr(&mut t, reg::QUEUE_NUM, 16);
+        wr(&mut t, reg::QUEUE_DESC_LOW, 0x1_0000);
+        wr(&mut t, reg::QUEUE_DRIVER_LOW, 0x1_1000);
+        wr(&mut t, reg::QUEUE_DEVICE_LOW, 0x1_2000);
+        wr(&mut t, reg::QUEUE_READY, 1);
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        wr(&mut t, reg::STATUS, s | STATUS_DRIVER_OK);
+        assert!(t.is_activated());
+        wr(&mut t, reg::STATUS, s);
+        assert_eq!(rd(&mut t, reg::STATUS), s | STATUS_DRIVER_OK);
+        wr(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 1, "queues still frozen");
+        wr(&mut t, reg::STATUS, 0);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        assert!(!t.is_activated());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod fs;
+pub mod guest_log;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]

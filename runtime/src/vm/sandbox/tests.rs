@@ -4,10 +4,13 @@
 use std::process::Command;
 use std::sync::Mutex;
 
+use nix::mount::{MntFlags, MsFlags};
+
 use super::*;
 use crate::vm::agent::{
     AgentVersion, ContainerStats, GuestNetwork, GuestProcess, OutputStream, ProcessAddr,
 };
+use crate::vm::host_cgroup::HostCgroupSpec;
 
 /// Stands for a VMM: a `sleep` working in the state dir, and the console line the
 /// agent prints once it serves.
@@ -151,6 +154,15 @@ fn boot(
     agent: &Arc<FakeAgent>,
     dir: &Path,
 ) -> Result<Sandbox, SandboxError> {
+    boot_in(hypervisor, agent, dir, None)
+}
+
+fn boot_in(
+    hypervisor: &FakeHypervisor,
+    agent: &Arc<FakeAgent>,
+    dir: &Path,
+    host_cgroup: Option<HostCgroupSpec>,
+) -> Result<Sandbox, SandboxError> {
     Sandbox::boot(BootParams {
         hypervisor,
         connector: &FakeConnector(agent.clone()),
@@ -167,6 +179,7 @@ fn boot(
         host_setup: None,
         sandbox_id: "pod",
         hostname: "web",
+        host_cgroup,
     })
 }
 
@@ -241,7 +254,7 @@ fn a_container_that_cannot_be_shared_leaves_nothing_and_is_not_created() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/rootfs"), "{err}");
-    assert!(!dir.join("shared/c/web").exists(), "its folder is removed");
+    assert!(!dir.join("private/c/web").exists(), "its folder is removed");
     let record = SandboxRecord::load(&dir).unwrap();
     assert!(
         record.mounts.is_empty() && record.folders.is_empty(),
@@ -274,6 +287,7 @@ fn a_dead_owners_sandbox_is_torn_down_from_its_record() {
         pids: vec![vmm.id()],
         mounts: vec![PathBuf::from("shared/c/web/rootfs")],
         folders: vec!["c/web".into()],
+        cgroup: None,
     }
     .store(&dir)
     .unwrap();
@@ -298,6 +312,7 @@ fn a_guest_planted_symlink_keeps_the_teardown_out_of_the_host() {
         pids: vec![],
         mounts: vec![PathBuf::from("shared/c/web/rootfs")],
         folders: vec!["c/web".into()],
+        cgroup: None,
     }
     .store(&dir)
     .unwrap();
@@ -361,4 +376,148 @@ fn vm_processes_are_recognised_by_their_working_dir() {
         vm_host_pids(&dir).is_empty(),
         "dead processes are not listed"
     );
+}
+
+/// The mount options of the mount at `path` (its mountinfo line's fourth field from
+/// the options on), or None if nothing is mounted there.
+fn mount_options(path: &Path) -> Option<String> {
+    let path = path.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(path))
+        .map(|l| l.split(' ').nth(5).unwrap().to_string())
+}
+
+fn mounted_below(dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+// Needs root (it mounts), as the e2e suites do; CI runs the unit tests as root.
+#[test]
+fn the_guest_sees_a_read_only_share_with_only_its_mounts_writable() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("sb");
+    let host = tempfile::tempdir().unwrap();
+    let rootfs = host.path().join("rootfs");
+    let volume = host.path().join("volume");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    std::fs::create_dir_all(volume.join("sub")).unwrap();
+    // A submount of the read-only volume: read-only too, recursively.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &volume.join("sub"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount a tmpfs (the unit tests need root)");
+    let (hypervisor, agent) = fakes(husk_agent_protocol::PROTOCOL_VERSION);
+    let mut sandbox = boot(&hypervisor, &agent, &dir).unwrap();
+    let shared = dir.join("shared");
+    assert!(
+        mount_options(&shared)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "the guest's view is read-only"
+    );
+    let mounts = [SharedMount {
+        name: "0".into(),
+        source: volume.clone(),
+        is_dir: true,
+        read_only: true,
+    }];
+    sandbox
+        .add_container(NewContainer {
+            guest_id: "web",
+            rootfs: &rootfs,
+            mounts: &mounts,
+            spec: &serde_json::json!({}),
+            stdin: false,
+        })
+        .unwrap();
+    let folder = shared.join("c/web");
+    // What the host works in is read-only to the guest: it can neither plant nor
+    // swap anything there.
+    for attempt in [
+        std::fs::write(shared.join("planted"), "x"),
+        std::fs::write(folder.join("planted"), "x"),
+        std::fs::remove_dir(folder.join("mounts")),
+        std::os::unix::fs::symlink("/etc", folder.join("link")),
+    ] {
+        let err = attempt.unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::EROFS | libc::EBUSY)),
+            "{err}"
+        );
+    }
+    // The container's own rootfs is writable through the share, reaching the host's.
+    std::fs::write(folder.join("rootfs/written"), "guest").unwrap();
+    assert!(rootfs.join("written").exists());
+    // The read-only volume and its submount are read-only from the host side too.
+    for ro in [folder.join("mounts/0/x"), folder.join("mounts/0/sub/x")] {
+        let err = std::fs::write(&ro, "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{}", ro.display());
+    }
+    for m in [
+        folder.join("rootfs"),
+        folder.join("mounts/0"),
+        folder.join("mounts/0/sub"),
+    ] {
+        let options = mount_options(&m).unwrap_or_else(|| panic!("{} not mounted", m.display()));
+        let has = |flag: &str| options.split(',').any(|o| o == flag);
+        assert!(has("nosuid") && has("nodev"), "{}: {options}", m.display());
+    }
+    sandbox.remove_container("web");
+    assert!(!folder.exists(), "the container's folder is gone");
+    drop(sandbox);
+    assert!(
+        mounted_below(base.path()).is_empty(),
+        "{:?}",
+        mounted_below(base.path())
+    );
+    assert!(!dir.exists());
+    nix::mount::umount2(&volume.join("sub"), MntFlags::MNT_DETACH).unwrap();
+}
+
+// Needs root and a cgroup hierarchy, as the e2e suites do.
+#[test]
+fn the_vm_processes_are_born_in_the_sandbox_cgroup_which_goes_at_teardown() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("sb");
+    let name = format!("husk-unit-{}", std::process::id());
+    let spec = HostCgroupSpec {
+        path: PathBuf::from(format!("/{name}")),
+        systemd: false,
+    };
+    let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let (hypervisor, agent) = fakes(husk_agent_protocol::PROTOCOL_VERSION);
+    let mut sandbox = boot_in(&hypervisor, &agent, &dir, Some(spec.clone())).unwrap();
+    let vmm = sandbox.vmm_pid();
+    let cgroups = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    assert!(
+        cgroups.lines().any(|l| l.ends_with(&format!(":/{name}"))),
+        "the VMM runs in the sandbox cgroup: {cgroups}"
+    );
+    assert_eq!(SandboxRecord::load(&dir).unwrap().cgroup, Some(spec));
+    sandbox.destroy();
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+        before,
+        "husk moved back"
+    );
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(&name))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroup left: {left:?}");
 }

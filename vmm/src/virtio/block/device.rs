@@ -2,7 +2,10 @@
 //! (type, reserved, sector), data buffers, and a 1-byte status the device writes.
 //! Supported: IN (read), OUT (write; IOERR on a read-only disk), FLUSH, GET_ID.
 //! Features: VERSION_1, FLUSH, and RO for a read-only disk. Requests past the end of
-//! the disk get IOERR; unknown types UNSUPP.
+//! the disk get IOERR; unknown types UNSUPP. Every guest-given number (sector, buffer
+//! lengths and addresses) is used with checked arithmetic: a request whose offsets
+//! would wrap gets IOERR, and data moves through a bounded bounce buffer, whatever
+//! lengths the guest claims.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -52,6 +55,10 @@ pub mod status {
 
 /// Length of the GET_ID answer.
 pub const ID_LEN: usize = 20;
+/// Bytes of the request header: type (le32), reserved (le32), sector (le64).
+const HEADER_LEN: u32 = 16;
+/// Bytes moved between the disk and guest memory per positioned read or write.
+const BOUNCE_LEN: usize = 64 * 1024;
 
 /// A file-backed disk. Its thread starts with the device.
 pub struct BlockDevice {
@@ -63,22 +70,8 @@ pub struct BlockDevice {
 impl BlockDevice {
     /// Opens `disk.path` (read-only if asked) and starts the device thread.
     pub fn new(disk: &BlockDisk, level: SeccompLevel) -> Result<Self, BlockError> {
-        let open = |source| BlockError::Open {
-            path: disk.path.display().to_string(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!disk.read_only)
-            .open(&disk.path)
-            .map_err(open)?;
-        let len = file.metadata().map_err(open)?.len();
-        let disk_state = Arc::new(Disk {
-            file,
-            len,
-            read_only: disk.read_only,
-            id: disk_id(disk),
-        });
+        let disk_state = Arc::new(Disk::open(disk)?);
+        let len = disk_state.len;
         let worker = QueueThread::spawn("virtio-blk", ThreadRole::BlockWorker, level, || {}, {
             let disk = disk_state.clone();
             move |act: &mut Activation, q: usize| process_queue(&disk, act, q)
@@ -144,6 +137,28 @@ pub struct Disk {
     id: [u8; ID_LEN],
 }
 
+impl Disk {
+    /// Opens `disk.path` (read-only if asked) and measures it.
+    pub fn open(disk: &BlockDisk) -> Result<Self, BlockError> {
+        let open = |source| BlockError::Open {
+            path: disk.path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .open(&disk.path)
+            .map_err(open)?;
+        let len = file.metadata().map_err(open)?.len();
+        Ok(Disk {
+            file,
+            len,
+            read_only: disk.read_only,
+            id: disk_id(disk),
+        })
+    }
+}
+
 /// Handles every available chain of the request queue, then interrupts once.
 pub fn process_queue(disk: &Disk, act: &mut Activation, q: usize) {
     let mut used = false;
@@ -171,17 +186,23 @@ fn handle_chain(
     let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
         return 0;
     };
-    if descs.len() < 2 || first.is_write_only() || first.len() < 16 || !last.is_write_only() {
+    if descs.len() < 2
+        || first.is_write_only()
+        || first.len() < HEADER_LEN
+        || !last.is_write_only()
+        || last.len() < 1
+    {
         tracing::debug!("virtio-blk: malformed request chain");
         return 0;
     }
-    let header = (
-        mem.read_obj::<u32>(first.addr()),
-        mem.read_obj::<u64>(first.addr().unchecked_add(8)),
-    );
-    let (Ok(kind), Ok(sector)) = header else {
+    let mut header = [0u8; HEADER_LEN as usize];
+    if mem.read_slice(&mut header, first.addr()).is_err() {
         return 0;
-    };
+    }
+    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut sector = [0u8; 8];
+    sector.copy_from_slice(&header[8..]);
+    let sector = u64::from_le_bytes(sector);
     let data = &descs[1..descs.len() - 1];
     let (st, written) = match kind {
         req::IN => transfer(disk, mem, sector, data, true),
@@ -205,13 +226,14 @@ fn handle_chain(
         _ => (status::UNSUPP, 0),
     };
     match mem.write_obj(st, last.addr()) {
-        Ok(()) => written + 1,
+        Ok(()) => written.saturating_add(1),
         Err(_) => written,
     }
 }
 
 /// Reads (`to_guest`) or writes the data buffers at `sector`; returns the status and
-/// the bytes written into guest memory.
+/// the bytes written into guest memory. The whole request must lie within the disk
+/// (checked before any I/O, without wrapping); data moves in [`BOUNCE_LEN`] pieces.
 fn transfer(
     disk: &Disk,
     mem: &GuestMemoryMmap,
@@ -219,13 +241,20 @@ fn transfer(
     data: &[virtio_queue::desc::split::Descriptor],
     to_guest: bool,
 ) -> (u8, u32) {
-    let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
-    let Some(start) = sector.checked_mul(SECTOR_SIZE) else {
+    let total = data
+        .iter()
+        .try_fold(0u64, |sum, d| sum.checked_add(u64::from(d.len())));
+    let end = sector
+        .checked_mul(SECTOR_SIZE)
+        .and_then(|start| Some((start, start.checked_add(total?)?)));
+    let Some((start, end)) = end.filter(|(_, end)| *end <= disk.len) else {
         return (status::IOERR, 0);
     };
-    if start.checked_add(total).is_none_or(|end| end > disk.len) {
+    // The used length is a u32: a read larger than that cannot be reported.
+    if to_guest && end - start > u64::from(u32::MAX - 1) {
         return (status::IOERR, 0);
     }
+    let mut bounce = vec![0u8; BOUNCE_LEN.min((end - start) as usize)];
     let mut off = start;
     let mut written = 0u32;
     for d in data {
@@ -233,20 +262,27 @@ fn transfer(
         if d.is_write_only() != to_guest {
             return (status::IOERR, written);
         }
-        let mut buf = vec![0u8; d.len() as usize];
-        let ok = if to_guest {
-            disk.file.read_exact_at(&mut buf, off).is_ok()
-                && mem.write_slice(&buf, d.addr()).is_ok()
-        } else {
-            mem.read_slice(&mut buf, d.addr()).is_ok() && disk.file.write_all_at(&buf, off).is_ok()
-        };
-        if !ok {
-            return (status::IOERR, written);
+        let mut done = 0u32;
+        while done < d.len() {
+            let n = (d.len() - done).min(BOUNCE_LEN as u32);
+            let buf = &mut bounce[..n as usize];
+            let ok = d.addr().checked_add(u64::from(done)).is_some_and(|addr| {
+                if to_guest {
+                    disk.file.read_exact_at(buf, off).is_ok() && mem.write_slice(buf, addr).is_ok()
+                } else {
+                    mem.read_slice(buf, addr).is_ok() && disk.file.write_all_at(buf, off).is_ok()
+                }
+            });
+            if !ok {
+                return (status::IOERR, written);
+            }
+            done += n;
+            // Within the disk: `end` was checked above.
+            off += u64::from(n);
+            if to_guest {
+                written += n;
+            }
         }
-        if to_guest {
-            written += d.len();
-        }
-        off += u64::from(d.len());
     }
     (status::OK, written)
 }
@@ -403,6 +439,108 @@ mod tests {
         let bytes = std::fs::read(path).unwrap();
         assert_eq!(&bytes[3 * 512..4 * 512], &[0xab; 512][..]);
         assert_eq!(&bytes[4 * 512..5 * 512], &pattern(4 * 512, 512)[..]);
+    }
+
+    /// Sectors and lengths chosen to overflow: IOERR, never a panic or a wrapped
+    /// offset landing inside the disk, and the disk is unchanged.
+    #[test]
+    fn out_of_range_requests_get_ioerr() {
+        let (_d, disk, state) = image(false);
+        let mut drv = Driver::new();
+        let last_sector = u64::MAX / SECTOR_SIZE;
+        for (kind, sector, len) in [
+            (req::IN, u64::MAX, 512),
+            (req::OUT, u64::MAX, 512),
+            (req::IN, last_sector, 512),
+            (req::OUT, last_sector, 1024),
+            (req::IN, last_sector + 1, 0),
+            (req::OUT, u64::MAX - 1, 0),
+            (req::IN, SECTORS, 512),
+            (req::OUT, SECTORS - 1, 513),
+            (req::IN, 1 << 55, 512),
+        ] {
+            let writable = kind == req::IN;
+            let (st, used, _) = drv.request(&state, kind, sector, &[(&[0xee; 4], len, writable)]);
+            assert_eq!(
+                (st, used),
+                (status::IOERR, 1),
+                "{kind} at {sector:#x}, {len}"
+            );
+        }
+        // Buffers claiming gigabytes beyond guest memory (4 MiB): IOERR before any
+        // access.
+        let mut hdr = req::OUT.to_le_bytes().to_vec();
+        hdr.extend([0; 4]);
+        hdr.extend(0u64.to_le_bytes());
+        let h = drv.q.buffer(&hdr, 16);
+        let st = drv.q.buffer(&[0xff], 1);
+        drv.q.add_chain(&[
+            (h, 16, false),
+            (0x20_0000, 0x7fff_0000, false),
+            (0x20_0000, 0x7fff_0000, false),
+            (st, 1, true),
+        ]);
+        process_queue(&state, &mut drv.act, 0);
+        assert_eq!(
+            drv.act.mem.read_obj::<u8>(GuestAddress(st)).unwrap(),
+            status::IOERR
+        );
+        // A header or status descriptor outside guest memory, a status buffer of
+        // length 0, or buffers whose lengths sum past u32::MAX (virtio-queue ends
+        // such a chain early): the chain is consumed with nothing written.
+        drv.act.mem.write_obj(0xffu8, GuestAddress(st)).unwrap();
+        for chain in [
+            [
+                (h, 16, false),
+                (0x20_0000, u32::MAX, false),
+                (0x20_0000, u32::MAX, false),
+                (st, 1, true),
+            ]
+            .as_slice(),
+            &[(u64::MAX - 7, 16, false), (st, 1, true)],
+            &[(h, 16, false), (u64::MAX, 1, true)],
+            &[(h, 16, false), (st, 0, true)],
+        ] {
+            let before = drv.q.used_idx();
+            drv.q.add_chain(chain);
+            process_queue(&state, &mut drv.act, 0);
+            assert_eq!(drv.q.used_idx(), before.wrapping_add(1));
+            assert_eq!(drv.q.used(before).1, 0, "nothing written");
+        }
+        assert_eq!(drv.act.mem.read_obj::<u8>(GuestAddress(st)).unwrap(), 0xff);
+        assert_eq!(
+            std::fs::read(&disk.path).unwrap(),
+            pattern(0, SECTORS * SECTOR_SIZE)
+        );
+    }
+
+    /// A read larger than the bounce buffer, into one guest buffer, arrives whole.
+    #[test]
+    fn large_requests_move_in_pieces() {
+        const BIG: u64 = 3 * BOUNCE_LEN as u64 / SECTOR_SIZE + 1;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.img");
+        std::fs::write(&path, pattern(0, BIG * SECTOR_SIZE)).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let state = Disk {
+            file,
+            len: BIG * SECTOR_SIZE,
+            read_only: false,
+            id: [0; ID_LEN],
+        };
+        let mut drv = Driver::new();
+        let len = (BIG * SECTOR_SIZE) as u32;
+        let (st, used, a) = drv.request(&state, req::IN, 0, &[(&[], len, true)]);
+        assert_eq!((st, used), (status::OK, len + 1));
+        assert_eq!(drv.read(a[0], len as usize), pattern(0, u64::from(len)));
+        let nines = vec![9u8; len as usize - 512];
+        let (st, _, _) = drv.request(&state, req::OUT, 1, &[(&nines[..], len - 512, false)]);
+        assert_eq!(st, status::OK);
+        assert_eq!(std::fs::read(&path).unwrap()[512..], nines[..]);
     }
 
     #[test]

@@ -4,19 +4,25 @@
 //! at the shared directory.
 //!
 //! What the guest can reach: passthrough resolves every name relative to a directory
-//! fd it already holds, one component at a time with `O_NOFOLLOW` ("/" in a name is
-//! refused, ".." at the root is the root), and never follows symlinks on the host
+//! fd it already holds with `O_NOFOLLOW`, and never follows symlinks on the host
 //! (the guest resolves them itself). Extended attributes and file handles
-//! (`open_by_handle_at`) are off. Device nodes, FIFOs and sockets in the share are
-//! never opened on the host: the guest kernel opens those itself (its own devices),
-//! so a FUSE OPEN or a truncating SETATTR on one can only come from a hostile guest
-//! (a device node it made with mknod to reach a host device) and is refused with
-//! EPERM before the server sees it.
+//! (`open_by_handle_at`) are off. FIFOs and sockets in the share are never opened on
+//! the host: the guest kernel opens those itself, so a FUSE OPEN, a truncating
+//! SETATTR or a CREATE of an existing name on one can only come from a hostile guest
+//! (a node it made to reach a host FIFO or socket, or to block this thread) and is
+//! refused with EPERM before the server sees it.
+//!
+//! Before any of that, every name a request carries is checked
+//! (`request_check.rs`): an absolute name, "." or "..", a '/' or an embedded NUL
+//! gets EINVAL, and MKNOD of a character or block device EPERM, before any syscall.
+//! Log lines a guest's requests cause are rate-limited (`virtio/guest_log.rs`).
 
+use std::ffi::CStr;
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader, SetattrIn};
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, InHeader, Opcode, OutHeader, SetattrIn};
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
@@ -24,10 +30,13 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
+use super::request_check::{self, MAX_NAMED_BODY};
 use super::FsError;
 use crate::config::{FsCache, FsShare};
+use crate::guest_warn;
 use crate::landlock::{self, Confinement};
 use crate::seccomp::{SeccompLevel, ThreadRole};
+use crate::virtio::guest_log::GuestLogLimit;
 use crate::virtio::worker::{Activation, QueueThread};
 use crate::virtio::{ActivateContext, VirtioDevice, VirtioError, INT_VRING, VIRTIO_F_VERSION_1};
 
@@ -84,14 +93,13 @@ impl FsDevice {
     /// The worker thread confines itself with `seccomp`.
     pub fn new(share: &FsShare, seccomp: SeccompLevel) -> Result<Self, FsError> {
         let fs = Arc::new(open_share(share)?);
-        let server = Arc::new(Server::new(fs.clone()));
         let mut config = [0u8; TAG_LEN + 4];
         let tag = share.tag.as_bytes();
         let n = tag.len().min(TAG_LEN);
         config[..n].copy_from_slice(&tag[..n]);
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
 
-        let handler = FsHandler { server, fs };
+        let mut handler = FsHandler::new(fs);
         let dir = share.path.clone();
         let confine = move || match landlock::confine_thread_beneath(&dir) {
             Ok(Confinement::Confined { abi }) => {
@@ -168,11 +176,21 @@ impl VirtioDevice for FsDevice {
 pub struct FsHandler {
     server: Arc<Server<Arc<SharedFs>>>,
     fs: Arc<SharedFs>,
+    log_limit: GuestLogLimit,
 }
 
 impl FsHandler {
+    /// A handler serving `fs`.
+    pub fn new(fs: Arc<SharedFs>) -> Self {
+        FsHandler {
+            server: Arc::new(Server::new(fs.clone())),
+            fs,
+            log_limit: GuestLogLimit::default(),
+        }
+    }
+
     /// Handles every available chain of queue `q`, then interrupts the guest once.
-    pub fn process_queue(&self, act: &mut Activation, q: usize) {
+    pub fn process_queue(&mut self, act: &mut Activation, q: usize) {
         let mut used = false;
         while let Some(chain) = act.queues[q].pop_descriptor_chain(&act.mem) {
             let head = chain.head_index();
@@ -194,7 +212,7 @@ impl FsHandler {
     }
 
     fn handle_chain(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
     ) -> Result<usize, String> {
@@ -215,10 +233,57 @@ impl FsHandler {
             .map_err(|e| e.to_string())
     }
 
-    /// `Some((unique, errno))` for a request that would open a device node, FIFO or
-    /// socket on the host (see the module doc); `None` lets the server handle it.
-    fn refused(&self, mut r: Reader<'_>) -> Option<(u64, i32)> {
+    /// `Some((unique, errno))` for a request carrying a name it may not (see
+    /// `request_check.rs`) or one that would open a device node, FIFO or socket on
+    /// the host (see the module doc); `None` lets the server handle it, malformed
+    /// requests included (it refuses those itself).
+    fn refused(&mut self, mut r: Reader<'_>) -> Option<(u64, i32)> {
         let hdr: InHeader = r.read_obj().ok()?;
+        let errno = if request_check::carries_names(hdr.opcode) {
+            self.refused_names(&hdr, r)?
+        } else {
+            self.refused_open(&hdr, r)?
+        };
+        Some((hdr.unique, errno))
+    }
+
+    /// The errno for a request whose names break the rules, or a CREATE of a name
+    /// that exists as a special file (passthrough would open it: a FIFO without a
+    /// reader would block the fs thread for good).
+    fn refused_names(&mut self, hdr: &InHeader, mut r: Reader<'_>) -> Option<i32> {
+        let body_len = (hdr.len as usize).checked_sub(std::mem::size_of::<InHeader>())?;
+        let checked = if body_len > MAX_NAMED_BODY {
+            Err(libc::EINVAL)
+        } else if body_len > r.available_bytes() {
+            return None;
+        } else {
+            Ok(())
+        };
+        let mut body = vec![0u8; if checked.is_ok() { body_len } else { 0 }];
+        r.read_exact(&mut body).ok()?;
+        if let Err(errno) = checked.and_then(|()| request_check::check(hdr.opcode, &body)) {
+            guest_warn!(
+                self.log_limit,
+                opcode = hdr.opcode,
+                errno,
+                "virtio-fs: refused a name that is not one path component, or a device node"
+            );
+            return Some(errno);
+        }
+        if hdr.opcode != Opcode::Create as u32 {
+            return None;
+        }
+        // Checked above: CreateIn, then one name and its NUL.
+        let name = CStr::from_bytes_with_nul(&body[std::mem::size_of::<CreateIn>()..]).ok()?;
+        let ctx = Context::new();
+        let entry = self.fs.lookup(&ctx, hdr.nodeid, name).ok()?;
+        self.fs.forget(&ctx, entry.inode, 1);
+        self.special_file(entry.inode, entry.attr.st_mode)
+    }
+
+    /// The errno for an OPEN, or a truncating SETATTR without a handle, of a special
+    /// file.
+    fn refused_open(&mut self, hdr: &InHeader, mut r: Reader<'_>) -> Option<i32> {
         let opens_inode = if hdr.opcode == Opcode::Open as u32 {
             true
         } else if hdr.opcode == Opcode::Setattr as u32 {
@@ -231,17 +296,22 @@ impl FsHandler {
             return None;
         }
         let (st, _) = self.fs.getattr(&Context::new(), hdr.nodeid, None).ok()?;
-        let kind = st.st_mode & libc::S_IFMT;
+        self.special_file(hdr.nodeid, st.st_mode)
+    }
+
+    /// EPERM, logged, when `mode` is neither a regular file nor a directory.
+    fn special_file(&mut self, inode: u64, mode: u32) -> Option<i32> {
+        let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == libc::S_IFDIR {
-            None
-        } else {
-            tracing::warn!(
-                inode = hdr.nodeid,
-                mode = st.st_mode,
-                "virtio-fs: refused to open a special file on the host"
-            );
-            Some((hdr.unique, libc::EPERM))
+            return None;
         }
+        guest_warn!(
+            self.log_limit,
+            inode,
+            mode,
+            "virtio-fs: refused to open a special file on the host"
+        );
+        Some(libc::EPERM)
     }
 }
 
@@ -249,11 +319,12 @@ impl FsHandler {
 mod tests {
     use super::*;
     use crate::seccomp;
+    use crate::virtio::guest_log::LINES_PER_INTERVAL;
     use crate::virtio::test_utils::TestQueue;
     use crate::virtio::Interrupt;
     use fuse_backend_rs::abi::fuse_abi::{
-        AttrOut, CreateIn, EntryOut, GetattrIn, InitIn, InitOut, MkdirIn, MknodIn, OpenIn, OpenOut,
-        ReadIn, RenameIn, WriteIn, WriteOut, ROOT_ID,
+        AttrOut, EntryOut, GetattrIn, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, OpenIn, OpenOut,
+        ReadIn, Rename2In, RenameIn, WriteIn, WriteOut, ROOT_ID,
     };
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     use std::path::Path;
@@ -297,10 +368,9 @@ mod tests {
                 interrupt: Arc::new(Interrupt::new(irq.try_clone().unwrap())),
             };
             let fs = Arc::new(open_share(&share(dir, FsCache::Never)).unwrap());
-            let server = Arc::new(Server::new(fs.clone()));
             Driver {
                 mem: mem.clone(),
-                handler: FsHandler { server, fs },
+                handler: FsHandler::new(fs),
                 act,
                 irq,
                 next_unique: 1,
@@ -554,11 +624,9 @@ mod tests {
         let mut d = Driver::new(&shared);
         d.init();
 
-        let root_ino = std::fs::metadata(&shared).unwrap().ino();
-        let up = d.lookup(ROOT_ID, "..").unwrap();
-        assert_eq!(up.attr.ino, root_ino, "'..' at the root is the root");
+        assert_eq!(d.lookup(ROOT_ID, "..").unwrap_err(), -libc::EINVAL);
         assert_eq!(d.lookup(ROOT_ID, "../secret").unwrap_err(), -libc::EINVAL);
-        assert_eq!(d.lookup(up.nodeid, "secret").unwrap_err(), -libc::ENOENT);
+        assert_eq!(d.lookup(ROOT_ID, "secret").unwrap_err(), -libc::ENOENT);
 
         let link = d.lookup(ROOT_ID, "escape").unwrap();
         assert_eq!(link.attr.mode & libc::S_IFMT, libc::S_IFLNK);
@@ -575,10 +643,10 @@ mod tests {
         );
         assert_ne!(err, 0, "a symlink is not opened on the host");
 
-        // The guest may make device nodes and FIFOs (its own devices)...
+        // The guest may not make device nodes...
         for (name, mode, rdev) in [
             ("null", libc::S_IFCHR | 0o666, 0x103),
-            ("fifo", libc::S_IFIFO | 0o600, 0),
+            ("sda", libc::S_IFBLK | 0o600, 0x800),
         ] {
             let mknod = MknodIn {
                 mode,
@@ -586,8 +654,22 @@ mod tests {
                 umask: 0,
                 padding: 0,
             };
+            let (err, _) = d.call(Opcode::Mknod, ROOT_ID, &with_name(mknod, name));
+            assert_eq!(err, -libc::EPERM, "mknod of {name} refused");
+            assert!(std::fs::symlink_metadata(shared.join(name)).is_err());
+        }
+        // ...but FIFOs and sockets, which the host never opens.
+        for (name, mode) in [
+            ("fifo", libc::S_IFIFO | 0o600),
+            ("sock", libc::S_IFSOCK | 0o600),
+        ] {
+            let mknod = MknodIn {
+                mode,
+                rdev: 0,
+                umask: 0,
+                padding: 0,
+            };
             let e: EntryOut = d.ok(Opcode::Mknod, ROOT_ID, &with_name(mknod, name));
-            // ...but the host never opens them.
             let (err, _) = d.call(
                 Opcode::Open,
                 e.nodeid,
@@ -599,9 +681,140 @@ mod tests {
             );
             assert_eq!(err, -libc::EPERM, "open of {name} refused");
         }
-        assert!(std::fs::metadata(shared.join("null"))
+        assert!(std::fs::metadata(shared.join("fifo"))
             .unwrap()
             .file_type()
-            .is_char_device());
+            .is_fifo());
+        // CREATE of the existing FIFO would open it (and block, without a reader).
+        let create = CreateIn {
+            flags: libc::O_WRONLY as u32,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let (err, _) = d.call(Opcode::Create, ROOT_ID, &with_name(create, "fifo"));
+        assert_eq!(err, -libc::EPERM, "create over a FIFO refused");
+        // Refusals are logged at most LINES_PER_INTERVAL times per interval.
+        for _ in 0..1000 {
+            d.lookup(ROOT_ID, "..").unwrap_err();
+        }
+        assert!(d.handler.log_limit.suppressed() >= 1000 - u64::from(LINES_PER_INTERVAL));
+    }
+
+    /// Every name-carrying request with a hostile name (absolute, "..", "/" inside,
+    /// an embedded NUL) is refused, and nothing outside the share is touched: the
+    /// canary beside it survives and no new file appears there.
+    #[test]
+    fn hostile_names_never_reach_outside_the_share() {
+        let parent = tempfile::tempdir().unwrap();
+        let canary = parent.path().join("canary");
+        std::fs::write(&canary, b"canary").unwrap();
+        let shared = parent.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("hello"), b"hi").unwrap();
+        std::fs::create_dir(shared.join("sub")).unwrap();
+        let mut d = Driver::new(&shared);
+        d.init();
+        let hello = d.lookup(ROOT_ID, "hello").unwrap().nodeid;
+        let sub = d.lookup(ROOT_ID, "sub").unwrap().nodeid;
+        let absolute = canary.to_str().unwrap().to_string();
+        let hostile = [
+            "..",
+            ".",
+            "../canary",
+            "sub/../../canary",
+            "/etc/shadow",
+            absolute.as_str(),
+            "",
+            "canary\0trailing",
+        ];
+        let two = |a: &str, b: &str| {
+            let mut v = cstr(a);
+            v.extend(cstr(b));
+            v
+        };
+        let mut refused = 0;
+        let mut expect_refused = |d: &mut Driver, op: Opcode, node: u64, body: Vec<u8>| {
+            let (err, _) = d.call(op, node, &body);
+            assert!(
+                err == -libc::EINVAL || err == -libc::EPERM,
+                "{op:?} {:?}: {err}",
+                String::from_utf8_lossy(&body)
+            );
+            refused += 1;
+        };
+        for name in hostile {
+            for node in [ROOT_ID, sub] {
+                expect_refused(&mut d, Opcode::Lookup, node, cstr(name));
+                expect_refused(&mut d, Opcode::Unlink, node, cstr(name));
+                expect_refused(&mut d, Opcode::Rmdir, node, cstr(name));
+                let mkdir = MkdirIn {
+                    mode: 0o755,
+                    umask: 0,
+                };
+                expect_refused(&mut d, Opcode::Mkdir, node, with_name(mkdir, name));
+                let fifo = MknodIn {
+                    mode: libc::S_IFIFO | 0o600,
+                    ..Default::default()
+                };
+                expect_refused(&mut d, Opcode::Mknod, node, with_name(fifo, name));
+                let create = CreateIn {
+                    flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+                    mode: libc::S_IFREG | 0o644,
+                    umask: 0,
+                    fuse_flags: 0,
+                };
+                expect_refused(&mut d, Opcode::Create, node, with_name(create, name));
+                expect_refused(&mut d, Opcode::Symlink, node, two(name, "target"));
+                let link = LinkIn { oldnodeid: hello };
+                expect_refused(&mut d, Opcode::Link, node, with_name(link, name));
+                for (old, new) in [("hello", name), (name, "stolen")] {
+                    let mut rename = RenameIn { newdir: node }.as_slice().to_vec();
+                    rename.extend(two(old, new));
+                    expect_refused(&mut d, Opcode::Rename, ROOT_ID, rename);
+                    let mut rename2 = Rename2In {
+                        newdir: node,
+                        flags: 0,
+                        padding: 0,
+                    }
+                    .as_slice()
+                    .to_vec();
+                    rename2.extend(two(old, new));
+                    expect_refused(&mut d, Opcode::Rename2, ROOT_ID, rename2);
+                }
+            }
+        }
+        // A device node under a harmless name is refused as well.
+        let null = MknodIn {
+            mode: libc::S_IFCHR | 0o666,
+            rdev: 0x103,
+            ..Default::default()
+        };
+        expect_refused(&mut d, Opcode::Mknod, ROOT_ID, with_name(null, "null"));
+        assert_eq!(refused, hostile.len() * 2 * 12 + 1);
+        // A symlink pointing outside is made (the guest resolves it), never followed.
+        let (err, payload) = d.call(Opcode::Symlink, ROOT_ID, &two("out", "../canary"));
+        assert_eq!(err, 0);
+        let link: EntryOut = obj(&payload);
+        assert_eq!(d.lookup(link.nodeid, "x").unwrap_err(), -libc::ENOTDIR);
+        let open = OpenIn {
+            flags: libc::O_RDWR as u32,
+            fuse_flags: 0,
+        };
+        assert_ne!(d.call(Opcode::Open, link.nodeid, open.as_slice()).0, 0);
+
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary");
+        let listing = |dir: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(listing(parent.path()), ["canary", "shared"]);
+        assert_eq!(listing(&shared), ["hello", "out", "sub"]);
+        assert!(listing(&shared.join("sub")).is_empty());
+        assert_eq!(std::fs::read(shared.join("hello")).unwrap(), b"hi");
     }
 }

@@ -4,9 +4,11 @@
 //! memfd; the VMM's own fs thread does the host file I/O under its seccomp filter.
 //!
 //! `device.rs` holds the device (id 26; queues hiprio + one request queue; config =
-//! tag + number of request queues) and its worker thread.
+//! tag + number of request queues) and its worker thread; `request_check.rs` the
+//! checks on the names a request carries, made before the server sees it.
 
 pub mod device;
+pub mod request_check;
 
 pub use device::FsDevice;
 

@@ -1,9 +1,10 @@
 //! The virtio-net device (id 1): queue 0 receives (host → guest), queue 1 transmits.
 //! Every buffer starts with a 12-byte `virtio_net_hdr_v1`, which the tap speaks too
-//! (IFF_VNET_HDR, header size 12), so a TX chain is written to the tap as one frame
-//! unchanged and a frame read from the tap goes into one RX chain unchanged but for
-//! `num_buffers` = 1. No offloads are offered, so every header the guest sends says
-//! "no checksum, no GSO" and the host kernel finishes checksums before the tap.
+//! (IFF_VNET_HDR, header size 12). No offloads are negotiated, so the only header
+//! either side may see is "no checksum, no GSO": a TX frame goes to the tap behind a
+//! header of zeros whatever the guest wrote there (the host kernel's GSO and
+//! checksum parsing never sees guest-chosen values), and an RX frame reaches the
+//! guest behind zeros with `num_buffers` = 1.
 //!
 //! Features: VERSION_1, MAC (config space holds it) and STATUS (link always up). The
 //! device thread reads the tap only while the guest has RX buffers posted: a frame
@@ -39,6 +40,14 @@ pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 /// Largest frame handled, vnet header included (64 KiB IP packet + Ethernet + VLAN).
 pub const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
+
+/// The vnet header of every frame written to the tap: no checksum to finish
+/// (flags 0), no segmentation (gso_type NONE), nothing else.
+const TX_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+/// The vnet header of every frame given to the guest: zeros but `num_buffers` = 1
+/// (bytes 10-11, le16; one buffer per frame without VIRTIO_NET_F_MRG_RXBUF). Without
+/// GUEST_CSUM the guest may not be told "checksum valid" or "partial".
+const RX_VNET_HDR: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 
 /// A virtio-net device over a tap. Its thread starts with the device and owns the tap.
 pub struct NetDevice {
@@ -132,6 +141,8 @@ impl NetQueues {
         while let Some(chain) = act.queues[TX_QUEUE].pop_descriptor_chain(&act.mem) {
             let head = chain.head_index();
             if gather(&act.mem, chain, &mut self.tx) && self.tx.len() > VNET_HDR_LEN {
+                // Nothing negotiated lets the guest ask for offloads.
+                self.tx[..VNET_HDR_LEN].copy_from_slice(&TX_VNET_HDR);
                 if let Err(e) = self.tap.write_frame(&self.tx) {
                     tracing::debug!(tap = self.tap.name(), "virtio-net tx dropped: {e}");
                 }
@@ -173,8 +184,7 @@ impl NetQueues {
             };
             let head = chain.head_index();
             let frame = &mut self.frame[..self.pending];
-            // num_buffers: one buffer per frame without VIRTIO_NET_F_MRG_RXBUF.
-            frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            frame[..VNET_HDR_LEN].copy_from_slice(&RX_VNET_HDR);
             let len = scatter(&act.mem, chain, frame).unwrap_or_else(|| {
                 tracing::debug!("virtio-net: rx frame of {} bytes dropped", frame.len());
                 0
@@ -364,6 +374,45 @@ mod tests {
             (&host).read(&mut got).unwrap_err().kind(),
             ErrorKind::WouldBlock,
             "nothing else was sent"
+        );
+    }
+
+    /// Whatever the guest puts in the vnet header (NEEDS_CSUM with offsets beyond
+    /// the frame, GSO TCPv4 with a tiny gso_size, ECN), the tap gets zeros; and the
+    /// host's header bits (DATA_VALID) do not reach the guest.
+    #[test]
+    fn vnet_headers_are_zeroed_both_ways() {
+        let (tap, host) = tap_pair();
+        let mut net = NetQueues::new(tap);
+        let mut drv = Driver::new();
+        let mut act = drv.activation();
+        let mut hostile = frame(b"gso me");
+        // flags NEEDS_CSUM, gso_type TCPV4|ECN, hdr_len, gso_size 1, csum_start,
+        // csum_offset past the end, num_buffers.
+        hostile[..VNET_HDR_LEN]
+            .copy_from_slice(&[1, 0x81, 0xff, 0xff, 1, 0, 0xf0, 0xff, 0xfe, 0xff, 9, 9]);
+        // Split inside the header too.
+        let a = drv.tx.buffer(&hostile[..5], 5);
+        let b = drv.tx.buffer(&hostile[5..], (hostile.len() - 5) as u32);
+        drv.tx
+            .add_chain(&[(a, 5, false), (b, (hostile.len() - 5) as u32, false)]);
+        net.handle(&mut act, TX_QUEUE);
+        let mut got = vec![0u8; MAX_FRAME];
+        let n = (&host).read(&mut got).unwrap();
+        assert_eq!(&got[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN]);
+        assert_eq!(&got[VNET_HDR_LEN..n], &hostile[VNET_HDR_LEN..]);
+
+        let mut inbound = frame(b"from the host");
+        inbound[0] = 2; // VIRTIO_NET_HDR_F_DATA_VALID
+        inbound[1] = 1;
+        (&host).write_all(&inbound).unwrap();
+        let r = drv.rx.buffer(&[], 1526);
+        drv.rx.add_chain(&[(r, 1526, true)]);
+        net.handle(&mut act, RX_QUEUE);
+        assert_eq!(drv.rx.used_idx(), 1);
+        assert_eq!(
+            drv.read(r, VNET_HDR_LEN),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
         );
     }
 

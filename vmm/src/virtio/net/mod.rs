@@ -2,7 +2,8 @@
 //!
 //! `tap.rs` opens the tap (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, a
 //! 12-byte vnet header, the size of `virtio_net_hdr_v1`, so frames pass between the
-//! guest's queues and the tap with their header unchanged); `device.rs` holds the
+//! guest's queues and the tap behind the same header, which the device rewrites to
+//! zeros as nothing is negotiated); `device.rs` holds the
 //! device (id 1; an RX and a TX queue; config = MAC + link status) and the queue
 //! processing, run on the device's own thread, which reads the tap when epoll says
 //! it is readable (edge-triggered) and the guest has posted receive buffers.

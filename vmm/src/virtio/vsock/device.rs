@@ -145,6 +145,15 @@ impl VirtioDevice for VsockDevice {
     }
 }
 
+/// How [`VsockWorker::process_tx`] left the tx ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    /// Every available chain was handled.
+    Drained,
+    /// Chains are left in the ring until the guest takes packets off the rx queue.
+    WaitingForRxRoom,
+}
+
 /// Moves packets between the virtqueues and the muxer.
 pub struct VsockWorker {
     mem: GuestMemoryMmap,
@@ -213,7 +222,9 @@ impl VsockWorker {
     pub fn run(mut self) -> VsockMuxer {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
-            self.process_tx();
+            // Tx waits while the rx queue is full; rx buffers the guest posted free
+            // room, so go on until one of them runs dry.
+            while self.process_tx() == TxState::WaitingForRxRoom && self.process_rx() {}
             self.process_rx();
             self.sync_interests();
             // Wake for the earliest handshake/close deadline, if any.
@@ -298,10 +309,20 @@ impl VsockWorker {
         }
     }
 
-    /// Guest → host: parses every tx chain and hands it to the muxer.
-    pub fn process_tx(&mut self) {
+    /// Guest → host: parses every tx chain and hands it to the muxer. While the
+    /// muxer's rx queue is full the remaining chains stay in the ring (a guest that
+    /// posts no rx buffers cannot make us queue replies without bound).
+    pub fn process_tx(&mut self) -> TxState {
         let mut used = false;
-        while let Some(mut chain) = self.queues[TXQ].pop_descriptor_chain(&self.mem) {
+        let mut state = TxState::Drained;
+        loop {
+            if self.muxer.rx_queue_full() {
+                state = TxState::WaitingForRxRoom;
+                break;
+            }
+            let Some(mut chain) = self.queues[TXQ].pop_descriptor_chain(&self.mem) else {
+                break;
+            };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => {
@@ -336,11 +357,12 @@ impl VsockWorker {
         if used {
             self.notify(TXQ);
         }
+        state
     }
 
     /// Host → guest: fills rx buffers with the muxer's packets, splitting RW payloads
-    /// that do not fit one buffer.
-    pub fn process_rx(&mut self) {
+    /// that do not fit one buffer. True when it used at least one buffer.
+    pub fn process_rx(&mut self) -> bool {
         let mut used = false;
         while let Some(pkt) = self.muxer.next_packet() {
             let Some(mut chain) = self.queues[RXQ].pop_descriptor_chain(&self.mem) else {
@@ -392,6 +414,7 @@ impl VsockWorker {
         if used {
             self.notify(RXQ);
         }
+        used
     }
 
     fn notify(&mut self, q: usize) {
@@ -521,6 +544,94 @@ mod tests {
         assert_eq!(field_u32(&hdr, 20), 50, "dst_port");
         assert_eq!(field_u32(&hdr, 24), 4, "len");
         assert_eq!(&hdr[PKT_HEADER_SIZE..], b"pong");
+    }
+
+    /// A guest that floods the tx ring and posts no rx buffers: the device takes tx
+    /// packets only until the rx queue is full and leaves the rest in the ring; rx
+    /// buffers let it go on, and afterwards a new connection still works.
+    #[test]
+    fn tx_waits_while_the_rx_queue_is_full() {
+        use crate::virtio::vsock::muxer::MAX_RX_QUEUE;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("v.sock");
+        let listener = UnixListener::bind(format!("{}_1234", sock.display())).unwrap();
+        let mut rxq = TestQueue::new(&mem, 0x10_0000, QUEUE_SIZE);
+        let mut txq = TestQueue::new(&mem, 0x20_0000, QUEUE_SIZE);
+        let evq = TestQueue::new(&mem, 0x30_0000, 16);
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let ctx = ActivateContext {
+            mem: mem.clone(),
+            queues: vec![rxq.queue(), txq.queue(), evq.queue()],
+            queue_evts: (0..3)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect(),
+            interrupt: Arc::new(Interrupt::new(irq.try_clone().unwrap())),
+            acked_features: VIRTIO_F_VERSION_1,
+        };
+        let stop = EventFd::new(0).unwrap();
+        let mut w = VsockWorker::new(ctx, VsockMuxer::new(&sock, CID).unwrap(), &stop)
+            .map_err(|f| f.1)
+            .unwrap();
+
+        // Data for a connection that does not exist: each one asks for an RST.
+        let bogus = raw_header(op::RW, 60, 999, 0);
+        let b = txq.buffer(&bogus, bogus.len() as u32);
+        let fill = |txq: &mut TestQueue, n: usize| {
+            for _ in 0..n {
+                txq.add_chain(&[(b, bogus.len() as u32, false)]);
+            }
+        };
+        fill(&mut txq, usize::from(QUEUE_SIZE));
+        w.process_tx();
+        assert_eq!(txq.used_idx(), QUEUE_SIZE);
+        fill(&mut txq, 100);
+        assert_eq!(w.process_tx(), TxState::WaitingForRxRoom);
+        assert_eq!(txq.used_idx(), QUEUE_SIZE, "nothing taken while rx is full");
+        assert_eq!(w.muxer_mut().pending_counts(), (MAX_RX_QUEUE, 0, 0));
+
+        // 16 rx buffers: 16 RSTs delivered, then 16 more tx packets taken.
+        let r = rxq.buffer(&[], 4096 + PKT_HEADER_SIZE as u32);
+        let post = |rxq: &mut TestQueue, n: usize| {
+            for _ in 0..n {
+                rxq.add_chain(&[(r, 4096 + PKT_HEADER_SIZE as u32, true)]);
+            }
+        };
+        post(&mut rxq, 16);
+        assert!(w.process_rx());
+        assert_eq!(w.process_tx(), TxState::WaitingForRxRoom);
+        assert_eq!(txq.used_idx(), QUEUE_SIZE + 16);
+        let mut hdr = vec![0u8; PKT_HEADER_SIZE];
+        mem.read_slice(&mut hdr, GuestAddress(r)).unwrap();
+        assert_eq!(field_u16(&hdr, 30), op::RST);
+
+        // Enough rx buffers to drain everything, as the run loop does it.
+        let mut delivered = 16u32;
+        for _ in 0..100 {
+            if txq.used_idx() == QUEUE_SIZE + 100 && !w.muxer_mut().has_pending() {
+                break;
+            }
+            let free = usize::from(QUEUE_SIZE) - (delivered - u32::from(rxq.used_idx())) as usize;
+            post(&mut rxq, free.min(64));
+            delivered += free.min(64) as u32;
+            while w.process_tx() == TxState::WaitingForRxRoom && w.process_rx() {}
+            w.process_rx();
+        }
+        assert_eq!(txq.used_idx(), QUEUE_SIZE + 100, "every tx packet taken");
+        assert_eq!(w.muxer_mut().pending_counts(), (0, 0, 0));
+
+        // The device still works: a REQUEST to a listening host port is answered.
+        let req = raw_header(op::REQUEST, 61, 1234, 0);
+        let a = txq.buffer(&req, req.len() as u32);
+        txq.add_chain(&[(a, req.len() as u32, false)]);
+        post(&mut rxq, 1);
+        assert_eq!(w.process_tx(), TxState::Drained);
+        assert!(w.process_rx());
+        listener.accept().unwrap();
+        let last = rxq.used_idx().wrapping_sub(1);
+        assert_eq!(rxq.used(last).1, PKT_HEADER_SIZE as u32);
+        mem.read_slice(&mut hdr, GuestAddress(r)).unwrap();
+        assert_eq!(field_u16(&hdr, 30), op::RESPONSE);
     }
 
     #[test]

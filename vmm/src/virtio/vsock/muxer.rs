@@ -5,11 +5,22 @@
 //! than `buf_alloc - (tx_cnt - fwd_cnt)` bytes in flight. Guest → host bytes wait in a
 //! per-connection buffer bounded by our `buf_alloc`; host → guest bytes are read only
 //! while the guest has credit.
+//!
+//! Everything the guest can make us queue is bounded, because a guest that posts no
+//! rx buffers must not grow VMM memory: the queue of packets for the guest holds at
+//! most [`MAX_RX_QUEUE`] packets (the device stops taking tx packets while it is
+//! full); a control packet for a live connection that finds it full is owed instead
+//! (a flag on the connection, sent once there is room: the "out of sync" fallback);
+//! resets for connections that do not exist (any more) wait in a small deduplicated
+//! set of [`MAX_PENDING_RSTS`] and are dropped beyond it; and there are at most
+//! [`MAX_CONNECTIONS`] connections.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,8 +33,14 @@ pub const CONN_BUF_SIZE: u32 = 256 * 1024;
 pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 /// Largest payload we put in one packet to the guest (Linux posts 4 KiB rx buffers).
 pub const MAX_RX_DATA: usize = 4096;
-/// Packets queued for the guest before we stop reading host sockets.
-pub const MAX_PENDING_PACKETS: usize = 256;
+/// Packets queued for the guest; at this many we stop reading host sockets, the
+/// device stops taking the guest's tx packets, and control packets are owed.
+pub const MAX_RX_QUEUE: usize = 256;
+/// Resets for unknown connections kept while the rx queue is full; more are dropped.
+pub const MAX_PENDING_RSTS: usize = 64;
+/// Live connections (host- and guest-initiated); a REQUEST beyond it gets RST, a host
+/// client beyond it is closed after its CONNECT line.
+pub const MAX_CONNECTIONS: usize = 256;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
 /// How long a guest has to answer our REQUEST, or to send RST after our SHUTDOWN.
@@ -88,6 +105,26 @@ enum ConnState {
 /// Connection key: (host-side port, guest-side port).
 type Key = (u32, u32);
 
+/// Control packets a connection owes the guest because the rx queue was full when it
+/// wanted to send them (bits of [`Connection::owed`]), in the order they are sent.
+const OWED_OPS: [(u8, u16, u32); 4] = [
+    (OWE_REQUEST, op::REQUEST, 0),
+    (OWE_RESPONSE, op::RESPONSE, 0),
+    (OWE_CREDIT_UPDATE, op::CREDIT_UPDATE, 0),
+    (OWE_SHUTDOWN, op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND),
+];
+const OWE_REQUEST: u8 = 1;
+const OWE_RESPONSE: u8 = 2;
+const OWE_CREDIT_UPDATE: u8 = 4;
+const OWE_SHUTDOWN: u8 = 8;
+
+fn owed_bit(op: u16) -> Option<u8> {
+    OWED_OPS
+        .iter()
+        .find(|(_, o, _)| *o == op)
+        .map(|(b, _, _)| *b)
+}
+
 struct Connection {
     stream: UnixStream,
     state: ConnState,
@@ -106,6 +143,8 @@ struct Connection {
     /// When the connection entered its current state (for the handshake and close
     /// timeouts).
     since: Instant,
+    /// `OWE_*` bits: control packets not yet queued for lack of room.
+    owed: u8,
 }
 
 impl Connection {
@@ -121,6 +160,7 @@ impl Connection {
             tx_buf: VecDeque::new(),
             peer_done_sending: false,
             since: Instant::now(),
+            owed: 0,
         }
     }
 
@@ -158,7 +198,15 @@ pub struct VsockMuxer {
     handshakes: HashMap<RawFd, Handshake>,
     conns: HashMap<Key, Connection>,
     by_fd: HashMap<RawFd, Key>,
+    /// Packets for the guest, at most [`MAX_RX_QUEUE`].
     out: VecDeque<OutPacket>,
+    /// Connections with `owed` bits set, each once.
+    owing: VecDeque<Key>,
+    /// Resets for unknown connections that found `out` full, at most
+    /// [`MAX_PENDING_RSTS`], each once.
+    pending_rsts: VecDeque<Key>,
+    /// Resets dropped since the last debug line about it.
+    dropped_rsts: u64,
     next_local_port: u32,
 }
 
@@ -184,6 +232,9 @@ impl VsockMuxer {
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             out: VecDeque::new(),
+            owing: VecDeque::new(),
+            pending_rsts: VecDeque::new(),
+            dropped_rsts: 0,
             next_local_port: FIRST_LOCAL_PORT,
         })
     }
@@ -199,6 +250,8 @@ impl VsockMuxer {
         self.conns.clear();
         self.by_fd.clear();
         self.out.clear();
+        self.owing.clear();
+        self.pending_rsts.clear();
     }
 
     /// The earliest handshake or close deadline, if any connection waits on the guest.
@@ -232,22 +285,105 @@ impl VsockMuxer {
 
     /// Takes the next packet for the guest.
     pub fn next_packet(&mut self) -> Option<OutPacket> {
-        self.out.pop_front()
+        let pkt = self.out.pop_front();
+        self.catch_up();
+        pkt.or_else(|| self.out.pop_front())
     }
 
-    /// Puts back a packet that found no guest buffer.
+    /// Puts back (the rest of) a packet that [`next_packet`](Self::next_packet) gave
+    /// and that found no guest buffer; the queue never grows past its bound by it.
     pub fn unpop(&mut self, pkt: OutPacket) {
+        if self.out.len() >= MAX_RX_QUEUE {
+            // `catch_up` refilled the slot: hand the newest packet back to its source.
+            if let Some(last) = self.out.pop_back() {
+                self.owe_again(last);
+            }
+        }
         self.out.push_front(pkt);
     }
 
     /// True when packets wait for guest rx buffers.
     pub fn has_pending(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || !self.owing.is_empty() || !self.pending_rsts.is_empty()
+    }
+
+    /// True when the rx queue is full: the device leaves the guest's tx packets in
+    /// its ring until the guest posts rx buffers.
+    pub fn rx_queue_full(&self) -> bool {
+        self.out.len() >= MAX_RX_QUEUE
+    }
+
+    /// Packets, owed control packets and resets waiting for the guest (tests).
+    pub fn pending_counts(&self) -> (usize, usize, usize) {
+        (self.out.len(), self.owing.len(), self.pending_rsts.len())
+    }
+
+    /// Moves owed control packets, then pending resets, into `out` while it has room.
+    fn catch_up(&mut self) {
+        while self.out.len() < MAX_RX_QUEUE {
+            let Some(&key) = self.owing.front() else {
+                break;
+            };
+            let bits = self.conns.get(&key).map_or(0, |c| c.owed);
+            let Some(&(bit, op, flags)) = OWED_OPS.iter().find(|(b, _, _)| bits & b != 0) else {
+                self.owing.pop_front();
+                continue;
+            };
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.owed &= !bit;
+                if c.owed == 0 {
+                    self.owing.pop_front();
+                }
+            }
+            self.push(key, op, flags, Vec::new());
+        }
+        while self.out.len() < MAX_RX_QUEUE {
+            let Some(key) = self.pending_rsts.pop_front() else {
+                break;
+            };
+            self.push(key, op::RST, 0, Vec::new());
+        }
+    }
+
+    /// Takes back a control packet that no longer fits `out`.
+    fn owe_again(&mut self, pkt: OutPacket) {
+        // Only packets `catch_up` queued come back here: owed ones and resets.
+        let key = (pkt.hdr.src_port, pkt.hdr.dst_port);
+        match owed_bit(pkt.hdr.op) {
+            Some(bit) if self.conns.contains_key(&key) => self.owe(key, bit),
+            _ => self.queue_rst(key),
+        }
+    }
+
+    fn owe(&mut self, key: Key, bit: u8) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if c.owed == 0 {
+                self.owing.push_back(key);
+            }
+            c.owed |= bit;
+        }
+    }
+
+    fn queue_rst(&mut self, key: Key) {
+        if self.pending_rsts.contains(&key) {
+            return;
+        }
+        if self.pending_rsts.len() >= MAX_PENDING_RSTS {
+            self.dropped_rsts += 1;
+            if self.dropped_rsts.is_power_of_two() {
+                tracing::debug!(
+                    dropped = self.dropped_rsts,
+                    "vsock: rx queue full, resets for unknown connections dropped"
+                );
+            }
+            return;
+        }
+        self.pending_rsts.push_back(key);
     }
 
     /// What to watch on every host socket (handshakes and connections).
     pub fn interests(&self) -> Vec<(RawFd, Interest)> {
-        let room = self.out.len() < MAX_PENDING_PACKETS;
+        let room = self.out.len() < MAX_RX_QUEUE;
         let mut v: Vec<_> = self
             .handshakes
             .keys()
@@ -262,7 +398,8 @@ impl VsockMuxer {
             })
             .collect();
         for c in self.conns.values() {
-            let read = c.state == ConnState::Established && room && c.peer_credit() > 0;
+            let read =
+                c.state == ConnState::Established && room && c.owed == 0 && c.peer_credit() > 0;
             v.push((
                 c.stream.as_raw_fd(),
                 Interest {
@@ -362,6 +499,10 @@ impl VsockMuxer {
             tracing::debug!(line, "vsock: bad handshake, closing");
             return;
         };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            tracing::debug!(peer_port, "vsock: connection limit reached, closing");
+            return;
+        }
         let local_port = self.allocate_local_port(peer_port);
         let key = (local_port, peer_port);
         self.by_fd.insert(fd, key);
@@ -380,8 +521,17 @@ impl VsockMuxer {
         }
     }
 
-    /// Queues a packet for connection `key`, stamping our credit.
+    /// Queues a packet for connection `key`, stamping our credit. With the queue full
+    /// a control packet of a live connection is owed, a reset for an unknown one goes
+    /// to the bounded reset set; data is only read from the host with room to spare.
     fn push(&mut self, key: Key, op: u16, flags: u32, data: Vec<u8>) {
+        if self.out.len() >= MAX_RX_QUEUE && data.is_empty() {
+            match (self.conns.contains_key(&key), owed_bit(op)) {
+                (true, Some(bit)) => self.owe(key, bit),
+                _ => self.queue_rst(key),
+            }
+            return;
+        }
         let fwd_cnt = match self.conns.get_mut(&key) {
             Some(c) => {
                 c.fwd_cnt_told = c.fwd_cnt;
@@ -414,6 +564,9 @@ impl VsockMuxer {
     fn remove(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
             self.by_fd.remove(&c.stream.as_raw_fd());
+            if c.owed != 0 {
+                self.owing.retain(|k| *k != key);
+            }
         }
     }
 
@@ -454,10 +607,15 @@ impl VsockMuxer {
             self.rst(key);
             return;
         }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            tracing::debug!(port = key.0, "vsock: connection limit reached, RST");
+            self.rst(key);
+            return;
+        }
         let mut target = self.uds_path.clone().into_os_string();
         target.push(format!("_{}", key.0));
-        match UnixStream::connect(&target) {
-            Ok(stream) if stream.set_nonblocking(true).is_ok() => {
+        match connect_nonblocking(&target) {
+            Ok(stream) => {
                 self.by_fd.insert(stream.as_raw_fd(), key);
                 let mut c = Connection::new(stream, ConnState::Established);
                 c.peer_buf_alloc = hdr.buf_alloc;
@@ -465,8 +623,8 @@ impl VsockMuxer {
                 self.conns.insert(key, c);
                 self.push(key, op::RESPONSE, 0, Vec::new());
             }
-            _ => {
-                tracing::debug!(?target, "vsock: no host listener, RST");
+            Err(e) => {
+                tracing::debug!(?target, "vsock: no host listener ({e}), RST");
                 self.rst(key);
             }
         }
@@ -568,13 +726,13 @@ impl VsockMuxer {
     /// Reads host bytes into RW packets while the guest has credit.
     fn read_from_host(&mut self, key: Key) {
         loop {
-            if self.out.len() >= MAX_PENDING_PACKETS {
+            if self.out.len() >= MAX_RX_QUEUE {
                 return;
             }
             let Some(c) = self.conns.get_mut(&key) else {
                 return;
             };
-            if c.state != ConnState::Established {
+            if c.state != ConnState::Established || c.owed != 0 {
                 return;
             }
             let want = (c.peer_credit() as usize).min(MAX_RX_DATA);
@@ -603,6 +761,42 @@ impl VsockMuxer {
             }
         }
     }
+}
+
+/// Connects to the Unix socket `path` without blocking: a host listener whose backlog
+/// is full refuses (EAGAIN) instead of stalling the vsock thread on a guest REQUEST.
+fn connect_nonblocking(path: &OsStr) -> std::io::Result<UnixStream> {
+    // SAFETY: sockaddr_un is plain data, for which all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::from(ErrorKind::InvalidInput));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket takes no pointers; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket and is owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a live sockaddr_un and `len` does not exceed its size.
+    let rc = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(socket))
 }
 
 impl Drop for VsockMuxer {
@@ -875,6 +1069,161 @@ mod tests {
         m.socket_ready(fd, true, false, true);
         assert_eq!(m.connection_count(), 0);
         assert_eq!(drain(&mut m)[0].hdr.op, op::RST);
+    }
+
+    fn assert_bounded(m: &VsockMuxer) {
+        let (out, owing, rsts) = m.pending_counts();
+        assert!(out <= MAX_RX_QUEUE, "rx queue {out}");
+        assert!(owing <= m.connection_count(), "owing {owing}");
+        assert!(rsts <= MAX_PENDING_RSTS, "pending resets {rsts}");
+        assert!(m.connection_count() <= MAX_CONNECTIONS);
+    }
+
+    /// A guest-initiated connection to `<sock>_port` that carries "hi" to the host.
+    fn assert_still_works(m: &mut VsockMuxer, path: &Path, port: u32) {
+        let listener = UnixListener::bind(format!("{}_{port}", path.display())).unwrap();
+        m.handle_guest_packet(&guest_hdr(op::REQUEST, 4242, port), &[]);
+        let resp = drain(m);
+        assert_eq!(resp.last().unwrap().hdr.op, op::RESPONSE);
+        let (mut host, _) = listener.accept().unwrap();
+        let mut h = guest_hdr(op::RW, 4242, port);
+        h.len = 2;
+        m.handle_guest_packet(&h, b"hi");
+        let mut got = [0u8; 2];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    /// 100k packets for connections that do not exist, nothing drained (no rx
+    /// buffers): the rx queue and the reset set stay at their bounds, the rest of the
+    /// resets are dropped, and the muxer works afterwards.
+    #[test]
+    fn a_flood_for_unknown_connections_stays_bounded() {
+        let (_d, path, mut m) = muxer();
+        for i in 0..100_000u32 {
+            let op = [op::RW, op::CREDIT_REQUEST, op::SHUTDOWN, op::RESPONSE][i as usize % 4];
+            m.handle_guest_packet(&guest_hdr(op, i, 7000 + i % 1000), b"x");
+            assert_bounded(&m);
+        }
+        assert_eq!(m.pending_counts(), (MAX_RX_QUEUE, 0, MAX_PENDING_RSTS));
+        let out = drain(&mut m);
+        assert_eq!(out.len(), MAX_RX_QUEUE + MAX_PENDING_RSTS);
+        assert!(out.iter().all(|p| p.hdr.op == op::RST));
+        assert_eq!(m.pending_counts(), (0, 0, 0));
+        assert_still_works(&mut m, &path, 5100);
+    }
+
+    /// 100k REQUESTs to ports nobody listens on: each gets RST while there is room,
+    /// none grows the muxer beyond its bounds, and no connection is left behind.
+    #[test]
+    fn a_request_flood_to_unknown_ports_stays_bounded() {
+        let (_d, path, mut m) = muxer();
+        for i in 0..100_000u32 {
+            m.handle_guest_packet(&guest_hdr(op::REQUEST, i, 20_000 + i), &[]);
+            assert_bounded(&m);
+        }
+        assert_eq!(m.connection_count(), 0);
+        let out = drain(&mut m);
+        assert_eq!(out.len(), MAX_RX_QUEUE + MAX_PENDING_RSTS);
+        assert_still_works(&mut m, &path, 5101);
+    }
+
+    /// 100k CREDIT_REQUESTs on a live connection with no rx buffers: the replies fill
+    /// the rx queue, then one owed CREDIT_UPDATE stands for the rest; draining sends
+    /// it, with our current credit, and data still flows.
+    #[test]
+    fn a_credit_request_flood_is_coalesced() {
+        let (_d, path, mut m) = muxer();
+        let listener = UnixListener::bind(format!("{}_5003", path.display())).unwrap();
+        m.handle_guest_packet(&guest_hdr(op::REQUEST, 12, 5003), &[]);
+        let (mut host, _) = listener.accept().unwrap();
+        for _ in 0..100_000 {
+            m.handle_guest_packet(&guest_hdr(op::CREDIT_REQUEST, 12, 5003), &[]);
+            assert_bounded(&m);
+        }
+        assert_eq!(m.pending_counts(), (MAX_RX_QUEUE, 1, 0));
+        let out = drain(&mut m);
+        assert_eq!(out.len(), MAX_RX_QUEUE + 1);
+        assert_eq!(out[0].hdr.op, op::RESPONSE);
+        assert!(out[1..].iter().all(|p| p.hdr.op == op::CREDIT_UPDATE));
+        // The host side still reads what the guest sends.
+        let mut h = guest_hdr(op::RW, 12, 5003);
+        h.len = 3;
+        m.handle_guest_packet(&h, b"abc");
+        let mut got = [0u8; 3];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+    }
+
+    /// A host-initiated REQUEST that finds the rx queue full is owed, not lost, and
+    /// no host bytes are read for a connection that owes a packet.
+    #[test]
+    fn control_packets_for_live_connections_are_owed_when_full() {
+        let (_d, path, mut m) = muxer();
+        for i in 0..MAX_RX_QUEUE as u32 {
+            m.handle_guest_packet(&guest_hdr(op::RW, i, 9000), b"x");
+        }
+        assert!(m.rx_queue_full());
+        let mut host = UnixStream::connect(&path).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        pump(&mut m);
+        assert_eq!(m.pending_counts(), (MAX_RX_QUEUE, 1, 0));
+        let out = drain(&mut m);
+        assert_eq!(out.len(), MAX_RX_QUEUE + 1);
+        let req = out.last().unwrap().hdr;
+        assert_eq!((req.op, req.dst_port), (op::REQUEST, 1024));
+    }
+
+    /// Guest REQUESTs beyond the connection limit get RST; the live ones keep working.
+    #[test]
+    fn connections_are_bounded() {
+        let (_d, path, mut m) = muxer();
+        let listener = UnixListener::bind(format!("{}_5004", path.display())).unwrap();
+        // The host accepts everything (a full backlog would refuse on its own).
+        let acceptor = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for _ in 0..MAX_CONNECTIONS {
+                held.push(listener.accept().unwrap().0);
+            }
+            held
+        });
+        for i in 0..100_000u32 {
+            m.handle_guest_packet(&guest_hdr(op::REQUEST, i, 5004), &[]);
+            if i % 128 == 0 {
+                drain(&mut m);
+            }
+            assert_bounded(&m);
+        }
+        assert_eq!(m.connection_count(), MAX_CONNECTIONS);
+        let held = acceptor.join().unwrap();
+        assert_eq!(held.len(), MAX_CONNECTIONS);
+        let out = drain(&mut m);
+        assert!(out
+            .iter()
+            .all(|p| p.hdr.op == op::RST || p.hdr.op == op::RESPONSE));
+        // A full connection table refuses: this REQUEST is answered with RST.
+        m.handle_guest_packet(&guest_hdr(op::REQUEST, 200_000, 5004), &[]);
+        assert_eq!(drain(&mut m)[0].hdr.op, op::RST);
+        // Closing one frees a slot.
+        m.handle_guest_packet(&guest_hdr(op::RST, 0, 5004), &[]);
+        assert_eq!(m.connection_count(), MAX_CONNECTIONS - 1);
+    }
+
+    /// A REQUEST to a host listener whose backlog is full is refused at once with
+    /// RST (a blocking connect would stall the vsock thread here).
+    #[test]
+    fn a_full_host_backlog_gets_rst_without_blocking() {
+        let (_d, path, mut m) = muxer();
+        let listener = UnixListener::bind(format!("{}_5005", path.display())).unwrap();
+        // SAFETY: listen on a live listening socket only changes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);
+        let mut refused = 0;
+        for i in 0..10 {
+            m.handle_guest_packet(&guest_hdr(op::REQUEST, i, 5005), &[]);
+            refused += drain(&mut m).iter().filter(|p| p.hdr.op == op::RST).count();
+        }
+        assert!(refused > 0, "the backlog filled");
+        assert_eq!(m.connection_count(), 10 - refused);
     }
 
     #[test]
