@@ -194,7 +194,11 @@ impl VirtiofsdUnderAttack {
         let log = std::fs::File::create(state.path().join("virtiofsd.log")).unwrap();
         let mut command = Command::new(program);
         command
-            .args(virtiofsd_args(Path::new(VIRTIOFS_SOCKET), share, FsSandbox::for_host()))
+            .args(virtiofsd_args(
+                Path::new(VIRTIOFS_SOCKET),
+                share,
+                FsSandbox::for_host(),
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -237,7 +241,12 @@ impl VirtiofsdUnderAttack {
     fn fail(&self, what: String) -> Failed {
         format!(
             "{what}\nvirtiofsd {}\n----- virtiofsd log -----\n{}",
-            virtiofsd_args(Path::new(VIRTIOFS_SOCKET), Path::new("<share>"), FsSandbox::for_host()).join(" "),
+            virtiofsd_args(
+                Path::new(VIRTIOFS_SOCKET),
+                Path::new("<share>"),
+                FsSandbox::for_host()
+            )
+            .join(" "),
             self.log()
         )
         .into()
@@ -486,7 +495,12 @@ fn virtiofsd_refuses_names_outside_the_share(env: &Env) -> Result<(), Failed> {
     let (report, harmed) = attacker.report();
     eprintln!(
         "virtiofsd under attack ({}):\n{report}",
-        virtiofsd_args(Path::new(VIRTIOFS_SOCKET), Path::new("<share>"), FsSandbox::for_host()).join(" ")
+        virtiofsd_args(
+            Path::new(VIRTIOFS_SOCKET),
+            Path::new("<share>"),
+            FsSandbox::for_host()
+        )
+        .join(" ")
     );
     if let Ok(confinement) = &result {
         eprintln!("  confinement: {confinement}");
