@@ -54,6 +54,11 @@ pub struct VmConfig {
     /// Guest vCPUs (default 1).
     #[serde(default)]
     pub vcpus: Option<u32>,
+    /// The host uids (= gids) the VM processes of sandboxes run as, `[first, last]`:
+    /// one per live sandbox. Reserve a range no user and no file of the host has
+    /// (default 200000-265535).
+    #[serde(default)]
+    pub host_ids: Option<[u32; 2]>,
 }
 
 /// The `[isolation]` table.

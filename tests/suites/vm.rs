@@ -259,6 +259,90 @@ fn program_name(pid: i32) -> String {
     arg0.rsplit('/').next().unwrap_or_default().to_string()
 }
 
+/// A line of /proc/<pid>/status, e.g. `Uid`.
+fn status_field(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The (device, inode) of a path, following links (so `/proc/<pid>/root` and
+/// `/proc/<pid>/fd/<n>` name what the process holds).
+fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Direct children of a process.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What is wrong with the confinement of VM process `pid` (`name`): directories it
+/// holds open that are ancestors of its sandbox's state dir (the host's `/`
+/// among them), and, for a process in the host's mount namespace, any directory
+/// outside the state dir and its run dir.
+fn open_dirs_outside(
+    pid: i32,
+    name: &str,
+    state_dir: &std::path::Path,
+    allowed: &[PathBuf],
+) -> Vec<String> {
+    let mut ancestors = Vec::new();
+    let mut dir = Some(state_dir);
+    while let Some(d) = dir {
+        if let Some(id) = identity(d) {
+            ancestors.push((id, d.to_path_buf()));
+        }
+        dir = d.parent();
+    }
+    let same_mnt = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+        == std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut bad = Vec::new();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for fd in fds {
+        let path = fd.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let id = identity(&path);
+        let target = std::fs::read_link(&path).unwrap_or_default();
+        if let Some((_, a)) = ancestors.iter().find(|(i, _)| Some(*i) == id) {
+            // The state dir itself is allowed to the processes working in it.
+            if a != state_dir || !same_mnt {
+                bad.push(format!(
+                    "{name} ({pid}) holds {} = {} open",
+                    path.display(),
+                    a.display()
+                ));
+            }
+            continue;
+        }
+        if same_mnt && !allowed.iter().any(|ok| target.starts_with(ok)) {
+            bad.push(format!(
+                "{name} ({pid}) holds {} = {} open",
+                path.display(),
+                target.display()
+            ));
+        }
+    }
+    bad
+}
+
 fn host_kernel_release() -> String {
     cmd::run(Command::new("uname").arg("-r"), Duration::from_secs(5))
         .ok()
@@ -409,6 +493,181 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 status.and_then(|s| s.code()) == Some(7) && out.contains("got-term"),
                 || format!("want got-term and exit 7, got {status:?}, stdout {out:?}"),
             )?;
+            husk.assert_clean(&id)
+        }),
+        ("vm_processes_are_confined", |env| {
+            // Read from /proc while a container runs: QEMU and vhost-device-vsock run as
+            // the sandbox's own host uid with no capabilities, QEMU under its seccomp
+            // sandbox; virtiofsd serves from its own namespaces with the share as its
+            // root and only its file capabilities; none holds a host directory open
+            // outside the share, the state dir and the sandbox's run dir.
+            let husk = Husk::new(env);
+            let id = unique("vm-jail");
+            let bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; echo ready; sleep 600 & wait",
+            ]);
+            let (child, _, _) = husk.spawn_until_ready(&id, &bundle)?;
+            let state_dir = husk.state_root().join(&id);
+            let shared = state_dir.join("shared");
+            let record: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(state_dir.join("sandbox.json")).unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            let pids: Vec<i32> = record["pids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_i64())
+                        .map(|p| p as i32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut bad = Vec::new();
+            let mut seen = Vec::new();
+            let mut uids = Vec::new();
+            let host_root = identity(std::path::Path::new("/"));
+            let host_mnt = std::fs::read_link("/proc/self/ns/mnt").ok();
+            for &pid in &pids {
+                let name = program_name(pid);
+                seen.push(name.clone());
+                let uid = status_field(pid, "Uid");
+                let cap_eff = status_field(pid, "CapEff");
+                let seccomp = status_field(pid, "Seccomp");
+                match name.as_str() {
+                    "qemu-system-x86_64" | "vhost-device-vsock" => {
+                        let ids: Vec<&str> = uid.split_whitespace().collect();
+                        if ids.len() != 4 || ids.contains(&"0") {
+                            bad.push(format!("{name} ({pid}) runs with uids {uid:?}"));
+                        }
+                        if status_field(pid, "Gid")
+                            .split_whitespace()
+                            .any(|g| g == "0")
+                        {
+                            bad.push(format!("{name} ({pid}) keeps gid 0"));
+                        }
+                        uids.push(ids.first().map(|u| u.to_string()).unwrap_or_default());
+                        if cap_eff != "0000000000000000"
+                            || status_field(pid, "CapPrm") != "0000000000000000"
+                        {
+                            bad.push(format!("{name} ({pid}) has capabilities: CapEff {cap_eff}"));
+                        }
+                        if name.starts_with("qemu") && seccomp != "2" {
+                            bad.push(format!(
+                                "QEMU ({pid}) is not under seccomp filtering: Seccomp {seccomp:?}"
+                            ));
+                        }
+                        if status_field(pid, "NoNewPrivs") != "1" {
+                            bad.push(format!("{name} ({pid}) may gain privileges (NoNewPrivs 0)"));
+                        }
+                        let run_dir =
+                            PathBuf::from(format!("/run/husk-vm/{}", ids.first().unwrap_or(&"?")));
+                        bad.extend(open_dirs_outside(
+                            pid,
+                            &name,
+                            &state_dir,
+                            &[state_dir.clone(), run_dir],
+                        ));
+                    }
+                    "virtiofsd" => {
+                        // The process husk started only waits for its sandboxed child.
+                        let servers = children(pid);
+                        if servers.is_empty() {
+                            bad.push(format!("virtiofsd ({pid}) has no sandboxed child"));
+                        }
+                        bad.extend(open_dirs_outside(
+                            pid,
+                            "virtiofsd (waiting parent)",
+                            &state_dir,
+                            std::slice::from_ref(&state_dir),
+                        ));
+                        for server in servers {
+                            seen.push("virtiofsd server".into());
+                            let root = identity(&PathBuf::from(format!("/proc/{server}/root")));
+                            if root == host_root || root != identity(&shared) {
+                                bad.push(format!(
+                                    "virtiofsd server ({server}) root is not the share: {root:?}"
+                                ));
+                            }
+                            if std::fs::read_link(format!("/proc/{server}/ns/mnt")).ok() == host_mnt
+                            {
+                                bad.push(format!(
+                                    "virtiofsd server ({server}) is in the host's mount namespace"
+                                ));
+                            }
+                            for ns in ["pid", "net"] {
+                                if std::fs::read_link(format!("/proc/{server}/ns/{ns}")).ok()
+                                    == std::fs::read_link(format!("/proc/self/ns/{ns}")).ok()
+                                {
+                                    bad.push(format!("virtiofsd server ({server}) shares the host's {ns} namespace"));
+                                }
+                            }
+                            // Only the file capabilities its sandbox keeps (no SETFCAP,
+                            // no SYS_ADMIN, no NET_*).
+                            let eff = u64::from_str_radix(&status_field(server, "CapEff"), 16)
+                                .unwrap_or(u64::MAX);
+                            let allowed: u64 =
+                                [0u32, 1, 3, 4, 6, 7, 27].iter().map(|c| 1u64 << c).sum();
+                            if eff & !allowed != 0 {
+                                bad.push(format!(
+                                    "virtiofsd server ({server}) CapEff {eff:x} beyond {allowed:x}"
+                                ));
+                            }
+                            if status_field(server, "Seccomp") != "2" {
+                                bad.push(format!(
+                                    "virtiofsd server ({server}) has no seccomp filter"
+                                ));
+                            }
+                            bad.extend(open_dirs_outside(
+                                server,
+                                "virtiofsd server",
+                                &state_dir,
+                                &[],
+                            ));
+                        }
+                    }
+                    other => bad.push(format!("unexpected VM process {other} ({pid})")),
+                }
+            }
+            if uids.len() == 2 && uids[0] != uids[1] {
+                bad.push(format!(
+                    "QEMU and vhost-device-vsock run as different uids: {uids:?}"
+                ));
+            }
+            for want in [
+                "qemu-system-x86_64",
+                "vhost-device-vsock",
+                "virtiofsd",
+                "virtiofsd server",
+            ] {
+                if !seen.iter().any(|s| s == want) {
+                    bad.push(format!(
+                        "no {want} among the VM processes {pids:?} ({seen:?})"
+                    ));
+                }
+            }
+            // The container ends (TERM, forwarded): the teardown gives the uid back.
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let status = child.wait(TIMEOUT);
+            husk.expect(bad.is_empty(), || {
+                format!("confinement of {seen:?}: {bad:#?}")
+            })?;
+            husk.expect(status.and_then(|s| s.code()) == Some(0), || {
+                format!("husk run: {status:?}")
+            })?;
+            // The uid went back with the sandbox.
+            let lease = PathBuf::from(format!(
+                "/run/husk-vm/{}.lease",
+                uids.first().map(String::as_str).unwrap_or("?")
+            ));
+            husk.expect(!lease.exists(), || {
+                format!("{} is still leased", lease.display())
+            })?;
             husk.assert_clean(&id)
         }),
         ("a_dead_vmm_is_an_error_and_leaves_nothing", |env| {

@@ -228,6 +228,17 @@ pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, S
         }
         ThreadRole::VsockWorker => {
             rules.insert(libc::SYS_ioctl, vec![arg1_is(FIONBIO).map_err(build)?]);
+            // Hybrid vsock speaks Unix sockets only: no socket of another family
+            // (no route to the host's network, netlink or raw packets).
+            let unix_only = SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )
+            .map_err(build)?])
+            .map_err(build)?;
+            rules.insert(libc::SYS_socket, vec![unix_only]);
         }
         ThreadRole::Main
         | ThreadRole::Signals
@@ -308,6 +319,104 @@ mod tests {
                 let prog = filter_for(role, level).unwrap();
                 assert!(prog.len() > 10, "{role:?}");
             }
+        }
+    }
+
+    /// Runs `body` in a forked child with `role`'s filter enforced; returns its exit
+    /// status (159 when a syscall was forbidden).
+    fn status_under(role: ThreadRole, body: fn() -> i32) -> i32 {
+        // SAFETY: fork in a test; the child only makes plain syscalls and leaves with
+        // _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: open/dup2 on valid arguments in the child.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                libc::dup2(null, 2);
+            }
+            let code = match apply(role, SeccompLevel::Enforce) {
+                Ok(()) => body(),
+                Err(_) => 2,
+            };
+            // SAFETY: leaving the forked child without running the harness's atexit.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status));
+        libc::WEXITSTATUS(status)
+    }
+
+    fn socket_of(family: libc::c_int) -> i32 {
+        // SAFETY: socket(2) with integer arguments; the descriptor is left to _exit.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        i32::from(fd < 0 && family == libc::AF_UNIX)
+    }
+
+    fn ioctl_on_nothing(request: u64) -> i32 {
+        // SAFETY: ioctl(2) on fd -1 (EBADF) with an integer argument.
+        unsafe { libc::ioctl(-1, request as _, 0) };
+        0
+    }
+
+    fn exec_true() -> i32 {
+        let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+        // SAFETY: execve(2) with NUL-terminated argv and a null envp.
+        unsafe { libc::execve(argv[0], argv.as_ptr(), std::ptr::null()) };
+        0
+    }
+
+    #[test]
+    fn the_vsock_thread_may_make_unix_sockets_only() {
+        assert_eq!(
+            status_under(ThreadRole::VsockWorker, || socket_of(libc::AF_UNIX)),
+            0,
+            "AF_UNIX is allowed"
+        );
+        let others: [fn() -> i32; 4] = [
+            || socket_of(libc::AF_INET),
+            || socket_of(libc::AF_INET6),
+            || socket_of(libc::AF_NETLINK),
+            || socket_of(libc::AF_PACKET),
+        ];
+        for (n, body) in others.into_iter().enumerate() {
+            assert_eq!(
+                status_under(ThreadRole::VsockWorker, body),
+                SECCOMP_VIOLATION_EXIT,
+                "family #{n} must trap"
+            );
+        }
+    }
+
+    #[test]
+    fn ioctls_are_checked_by_request() {
+        // The vCPU thread: KVM_RUN passes the filter (EBADF on a bad fd), any other
+        // request traps: TUNSETIFF, and KVM_CREATE_VM on the vsock thread.
+        assert_eq!(
+            status_under(ThreadRole::Vcpu, || ioctl_on_nothing(KVM_RUN)),
+            0
+        );
+        assert_eq!(
+            status_under(ThreadRole::Vcpu, || ioctl_on_nothing(0x4004_54ca)),
+            SECCOMP_VIOLATION_EXIT
+        );
+        assert_eq!(
+            status_under(ThreadRole::VsockWorker, || ioctl_on_nothing(0xae01)),
+            SECCOMP_VIOLATION_EXIT
+        );
+        // No thread may exec.
+        for role in [
+            ThreadRole::Main,
+            ThreadRole::FsWorker,
+            ThreadRole::VsockWorker,
+        ] {
+            assert_eq!(
+                status_under(role, exec_true),
+                SECCOMP_VIOLATION_EXIT,
+                "{role:?}"
+            );
         }
     }
 

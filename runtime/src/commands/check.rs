@@ -44,7 +44,7 @@ pub fn run(_args: CheckArgs, global: &GlobalOpts) -> Result<i32> {
         }
     }
     println!("cgroups:            {}", hypervisor::cgroup_version());
-    match hypervisor::select(global.hypervisor.backend()) {
+    match hypervisor::select(global.hypervisor.backend(), &config.vm) {
         Ok((hv, why)) => println!(
             "backend:            {} with {} ({why})",
             hv.name(),

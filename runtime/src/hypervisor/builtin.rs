@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 
 use husk_vmm_config::{FsCache, FsShare, MachineConfig, NetConfig, VmmConfig, VsockConfig};
 
+use super::confine::{self, Launch};
 use super::{detect_kvm, Accel, Hypervisor, HypervisorError, KvmKind, VmBootSpec, VmProcesses};
 
 /// The VMM binary's name.
 pub const HUSK_VMM: &str = "husk-vmm";
+
+/// Descriptors husk-vmm may hold: virtio-fs keeps one per inode the guest looked up.
+const VMM_NOFILE: u64 = 16384;
 
 /// husk-vmm, found on this host, on a KVM it can use.
 pub struct Builtin {
@@ -70,9 +74,10 @@ pub fn find_vmm() -> Option<PathBuf> {
 pub const VMM_CONFIG_FILE: &str = "husk-vmm.json";
 
 /// husk-vmm's config for `spec`: kernel, agent initramfs, resources, the sandbox's
-/// vsock socket and console log, the shared directory as virtio-fs, and one
-/// virtio-net device per tap the runtime attached in the container's network
-/// namespace, handed over by descriptor (husk-vmm never joins that namespace).
+/// vsock socket, the shared directory as virtio-fs, and one virtio-net device per tap
+/// the runtime attached in the container's network namespace, handed over by
+/// descriptor (husk-vmm never joins that namespace). The console is husk-vmm's
+/// stdout, which the runtime caps into `console.log`.
 pub fn vmm_config(spec: &VmBootSpec) -> VmmConfig {
     VmmConfig {
         machine: MachineConfig {
@@ -82,7 +87,7 @@ pub fn vmm_config(spec: &VmBootSpec) -> VmmConfig {
             // More than 255 is out of husk-vmm's range either way; saturating keeps it
             // refused there, with the limit in the message.
             vcpus: u8::try_from(spec.vcpus).unwrap_or(u8::MAX),
-            console: Some(spec.console_log()),
+            console: None,
             ..MachineConfig::default()
         },
         // Relative: husk-vmm runs in the state dir (see VSOCK_SOCKET).
@@ -133,25 +138,28 @@ impl Hypervisor for Builtin {
     }
 
     fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, HypervisorError> {
+        // Not jailed yet: root in the host's namespaces, with its own confinement
+        // (per-thread capabilities and seccomp), limits, the sandbox's cgroup and
+        // capped logs (the console on its stdout).
         let config = vmm_config(spec);
         tracing::debug!(?config, "starting husk-vmm");
         let config_file = spec.state_dir.join(VMM_CONFIG_FILE);
         write_vmm_config(&config, &config_file)?;
         let args = ["--config".to_string(), config_file.display().to_string()];
         let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
-        let vmm = super::qemu::spawn_inheriting(
-            &self.vmm,
-            &args,
-            &spec.state_dir,
-            &spec.state_dir.join("husk-vmm.log"),
-            &taps,
-        )?;
-        Ok(VmProcesses {
-            vmm,
-            vmm_name: HUSK_VMM,
-            helpers: Vec::new(),
-            vmm_status: None,
-        })
+        let limits = confine::base_limits(VMM_NOFILE);
+        let vmm = confine::spawn(&Launch {
+            program: &self.vmm,
+            args: &args,
+            dir: &spec.state_dir,
+            log: &spec.state_dir.join("husk-vmm.log"),
+            console: Some(&spec.console_log()),
+            inherit: &taps,
+            user: None,
+            limits: &limits,
+            cgroup: spec.cgroup.as_deref(),
+        })?;
+        Ok(VmProcesses::new(vmm, HUSK_VMM, Vec::new()))
     }
 }
 
@@ -180,6 +188,7 @@ mod tests {
                     mac: [0x0a, 0, 0, 0, 0, 1],
                 },
             ],
+            cgroup: None,
         }
     }
 
@@ -193,19 +202,9 @@ mod tests {
             Some(Path::new("/i/initramfs.cpio"))
         );
         assert_eq!((machine.memory_mib, machine.vcpus), (512, 2));
-        assert_eq!(
-            machine.console.as_deref(),
-            Some(Path::new("/state/a,b/console.log"))
-        );
+        assert_eq!(machine.console, None, "the console is the capped stdout");
         assert_eq!(config.vsock, Some(VsockConfig::new("vsock.sock")));
-        assert_eq!(
-            config.fs,
-            [FsShare {
-                tag: "husk-shared".into(),
-                path: "/state/a,b/shared".into(),
-                cache: FsCache::Auto,
-            }]
-        );
+        assert_eq!(config.fs[0].path, Path::new("/state/a,b/shared"));
         assert_eq!(
             config.net,
             [
@@ -213,7 +212,6 @@ mod tests {
                 NetConfig::inherited(9, Some("0a:00:00:00:00:01".into())),
             ]
         );
-        assert!(config.disks.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! (KVM or TCG); an explicit `builtin` that cannot run is an error, never a swap.
 
 pub mod builtin;
+pub mod confine;
 pub mod qemu;
 
 use std::fmt;
@@ -47,6 +48,9 @@ pub enum HypervisorError {
     /// A VM process would run without the confinement husk requires.
     #[error("refusing to start a VM process unconfined: {0}")]
     Unconfined(String),
+    /// Confining a VM process (its uid, limits, cgroup, logs) failed.
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
     /// Other I/O on the VM's state directory.
     #[error("{what}: {source}")]
     Io {
@@ -294,6 +298,10 @@ pub struct VmBootSpec {
     /// virtio-net devices on taps the caller opened (see `vm::network`); the
     /// descriptors stay the caller's and must outlive the start.
     pub net: Vec<TapDevice>,
+    /// A cgroup v2 directory (made by the sandbox core) that every process the
+    /// backend starts for this VM joins before exec; a process that cannot join it
+    /// is not started. `None`: they stay in husk's cgroup.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A virtio-net device backed by an open tap.
@@ -349,6 +357,9 @@ pub struct VmProcesses {
     /// Device back-ends (virtiofsd, vhost-device-vsock), stopped after the VMM.
     helpers: Vec<Helper>,
     vmm_status: Option<std::process::ExitStatus>,
+    /// The host uid/gid the VM's unprivileged processes run as, given back once they
+    /// are gone (fields drop after `Drop::drop` has reaped them).
+    lease: Option<confine::IdLease>,
 }
 
 impl VmProcesses {
@@ -359,7 +370,19 @@ impl VmProcesses {
             vmm_name,
             helpers,
             vmm_status: None,
+            lease: None,
         }
+    }
+
+    /// Keeps `lease` until the processes are gone.
+    pub fn with_lease(mut self, lease: confine::IdLease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The host uid (= gid) of the VM's unprivileged processes, if any.
+    pub fn host_id(&self) -> Option<u32> {
+        self.lease.as_ref().map(confine::IdLease::id)
     }
 
     /// The pid to wait on: the VMM's.
@@ -458,7 +481,11 @@ pub enum Backend {
 /// Resolves a backend choice to a hypervisor: `auto` is builtin (husk-vmm) when
 /// /dev/kvm has hardware virtualization and husk-vmm is installed, else qemu; an
 /// explicit `builtin` that cannot run is an error. Returns the hypervisor and why.
-pub fn select(choice: Backend) -> Result<(Box<dyn Hypervisor>, String), HypervisorError> {
+pub fn select(
+    choice: Backend,
+    vm: &VmConfig,
+) -> Result<(Box<dyn Hypervisor>, String), HypervisorError> {
+    let ids = confine::HostIds::from_config(vm.host_ids)?;
     match choice {
         Backend::Builtin => {
             let b = builtin::Builtin::detect()?;
@@ -466,7 +493,7 @@ pub fn select(choice: Backend) -> Result<(Box<dyn Hypervisor>, String), Hypervis
             Ok((Box::new(b), why))
         }
         Backend::Qemu => {
-            let q = qemu::Qemu::detect()?;
+            let q = qemu::Qemu::detect(ids)?;
             let why = format!("--hypervisor qemu, {}", q.accel_reason());
             Ok((Box::new(q), why))
         }
@@ -482,7 +509,7 @@ pub fn select(choice: Backend) -> Result<(Box<dyn Hypervisor>, String), Hypervis
                 }
                 Err(e) => format!("builtin is unavailable: {e}"),
             };
-            let q = qemu::Qemu::detect()?;
+            let q = qemu::Qemu::detect(ids)?;
             let why = format!("auto: qemu ({not_builtin}); {}", q.accel_reason());
             Ok((Box::new(q), why))
         }

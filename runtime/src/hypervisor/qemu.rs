@@ -3,11 +3,14 @@
 //! on a host Unix socket) and the shared rootfs through virtiofsd, both vhost-user, so
 //! the guest memory is a shared memfd. Wired exactly as `tests/guest/boot_test.sh`.
 
-use std::os::unix::process::CommandExt;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use super::confine::{self, HostIds, IdLease, Launch, Rlimit};
 use super::{
     detect_kvm, Accel, Helper, Hypervisor, HypervisorError, KvmKind, VmBootSpec, VmProcesses,
 };
@@ -23,6 +26,16 @@ const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
 const VIRTIOFS_SOCKET: &str = "virtiofs.sock";
 /// How long a helper gets to create its vhost-user socket.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+/// QEMU's seccomp sandbox: no obsolete calls, no set*id, no fork/exec, no
+/// scheduler/affinity changes.
+const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// Descriptors and tasks (threads count) of a sandbox's unprivileged processes,
+/// QEMU and vhost-device-vsock together (RLIMIT_NPROC counts per uid).
+const QEMU_NOFILE: u64 = 4096;
+const SANDBOX_NPROC: u64 = 512;
+/// virtiofsd holds a descriptor per inode the guest has looked up.
+const VIRTIOFSD_NOFILE: u64 = 16384;
 
 /// QEMU and its two vhost-user helpers, found on this host.
 pub struct Qemu {
@@ -30,11 +43,13 @@ pub struct Qemu {
     virtiofsd: PathBuf,
     vhost_vsock: PathBuf,
     kvm: KvmKind,
+    ids: HostIds,
 }
 
 impl Qemu {
-    /// Finds QEMU, virtiofsd and vhost-device-vsock, or says which is missing.
-    pub fn detect() -> Result<Self, HypervisorError> {
+    /// Finds QEMU, virtiofsd and vhost-device-vsock, or says which is missing. The
+    /// VM processes of each sandbox run as a host uid of `ids`.
+    pub fn detect(ids: HostIds) -> Result<Self, HypervisorError> {
         Ok(Self {
             qemu: super::require_program(QEMU, "apt-get install qemu-system-x86")?,
             virtiofsd: super::require_program(
@@ -46,6 +61,7 @@ impl Qemu {
                 "cargo install --locked vhost-device-vsock --version 0.3.0 --root $HUSK_CACHE",
             )?,
             kvm: detect_kvm(),
+            ids,
         })
     }
 
@@ -66,125 +82,212 @@ impl Qemu {
             .map(str::to_string)
     }
 
-    fn qemu_args(&self, spec: &VmBootSpec, vsock_vhost: &Path, fs_vhost: &Path) -> Vec<String> {
-        let mem = format!("{}M", spec.memory_mib);
-        let (accel, cpu) = match self.accel() {
-            Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => ("tcg", "max"),
-        };
-        let mut args: Vec<String> = vec![
-            "-M".into(),
-            format!("microvm,accel={accel},acpi=off,memory-backend=mem"),
-            "-cpu".into(),
-            cpu.into(),
-            "-smp".into(),
-            spec.vcpus.to_string(),
-            "-m".into(),
-            mem.clone(),
-            "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-display".into(),
-            "none".into(),
-            // The agent leaves with reboot(2) (reboot=t triple-faults): QEMU exits.
-            "-no-reboot".into(),
-            "-serial".into(),
-            format!("file:{}", spec.console_log().display()),
-            "-kernel".into(),
-            spec.artifacts.kernel.display().to_string(),
-            "-initrd".into(),
-            spec.artifacts.initramfs.display().to_string(),
-            // With acpi=off QEMU appends the virtio_mmio.device= entries itself.
-            "-append".into(),
-            "console=ttyS0 reboot=t panic=-1 printk.time=1".into(),
-            "-chardev".into(),
-            format!("socket,id=vsock0,path={}", vsock_vhost.display()),
-            "-device".into(),
-            "vhost-user-vsock-device,chardev=vsock0".into(),
-            "-chardev".into(),
-            format!("socket,id=fs0,path={}", fs_vhost.display()),
-            "-device".into(),
-            format!(
-                "vhost-user-fs-device,chardev=fs0,tag={}",
-                super::SHARED_FS_TAG
-            ),
-        ];
-        for (n, device) in spec.net.iter().enumerate() {
-            args.push("-netdev".into());
-            args.push(format!("tap,id=net{n},fd={}", device.tap_fd));
-            args.push("-device".into());
-            args.push(format!(
-                "virtio-net-device,netdev=net{n},mac={}",
-                husk_netlink::format_mac(&device.mac)
-            ));
-        }
-        args.shrink_to_fit();
-        args
+    fn qemu_args(&self, spec: &VmBootSpec, files: &QemuFiles) -> Vec<String> {
+        qemu_args(self.accel(), spec, files)
     }
 }
 
-/// Spawns a VM process: own process group (a terminal's Ctrl-C reaches husk, which
-/// forwards it to the container, not the VMM), output to `log`, killed if husk dies,
-/// and working in `dir`, the sandbox's state dir, where its sockets are named
-/// relatively (see [`super::VSOCK_SOCKET`]). `husk delete` recognises the VM processes
-/// of a sandbox by that working directory.
-pub(super) fn spawn(
-    program: &Path,
-    args: &[String],
-    dir: &Path,
-    log: &Path,
-) -> Result<Child, HypervisorError> {
-    spawn_inheriting(program, args, dir, log, &[])
+/// What QEMU gets by descriptor or by a path in the run dir: it runs unprivileged,
+/// so it cannot open the state dir, nor (under /root) the guest artifacts.
+struct QemuFiles {
+    /// The kernel and initramfs, opened by husk: QEMU reads `/proc/self/fd/<n>`.
+    kernel: RawFd,
+    initramfs: RawFd,
+    /// The write end of the console's capped pipe, as an fd set.
+    console: RawFd,
+    /// The vhost-user sockets, in the run dir.
+    vsock_vhost: PathBuf,
+    fs_vhost: PathBuf,
 }
 
-/// [`spawn`], and the child keeps the descriptors in `inherit` (same numbers; they
-/// are close-on-exec in husk, so no other child gets them).
-pub(super) fn spawn_inheriting(
+/// QEMU's command line.
+fn qemu_args(accel: Accel, spec: &VmBootSpec, files: &QemuFiles) -> Vec<String> {
+    let mem = format!("{}M", spec.memory_mib);
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let mut args: Vec<String> = vec![
+        "-M".into(),
+        format!("microvm,accel={accel},acpi=off,memory-backend=mem"),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        mem.clone(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-sandbox".into(),
+        QEMU_SANDBOX.into(),
+        // The agent leaves with reboot(2) (reboot=t triple-faults): QEMU exits.
+        "-no-reboot".into(),
+        "-add-fd".into(),
+        format!("fd={},set=1,opaque=console", files.console),
+        // append: a pipe cannot be truncated (O_TRUNC through an fd set fails).
+        "-chardev".into(),
+        "file,id=console,path=/dev/fdset/1,append=on".into(),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-kernel".into(),
+        format!("/proc/self/fd/{}", files.kernel),
+        "-initrd".into(),
+        format!("/proc/self/fd/{}", files.initramfs),
+        // With acpi=off QEMU appends the virtio_mmio.device= entries itself.
+        "-append".into(),
+        "console=ttyS0 reboot=t panic=-1 printk.time=1".into(),
+        "-chardev".into(),
+        format!("socket,id=vsock0,path={}", files.vsock_vhost.display()),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock0".into(),
+        "-chardev".into(),
+        format!("socket,id=fs0,path={}", files.fs_vhost.display()),
+        "-device".into(),
+        format!(
+            "vhost-user-fs-device,chardev=fs0,tag={}",
+            super::SHARED_FS_TAG
+        ),
+    ];
+    for (n, device) in spec.net.iter().enumerate() {
+        args.push("-netdev".into());
+        args.push(format!("tap,id=net{n},fd={}", device.tap_fd));
+        args.push("-device".into());
+        args.push(format!(
+            "virtio-net-device,netdev=net{n},mac={}",
+            husk_netlink::format_mac(&device.mac)
+        ));
+    }
+    args.shrink_to_fit();
+    args
+}
+
+/// Starts a VM process of a sandbox (see [`confine::Launch`]): in the state dir
+/// `dir` (`husk delete` recognises the VM processes of a sandbox by that working
+/// directory), output capped in `log`, with `limits`, as `user` (root if `None`).
+#[allow(clippy::too_many_arguments)]
+fn launch(
     program: &Path,
     args: &[String],
     dir: &Path,
     log: &Path,
-    inherit: &[std::os::fd::RawFd],
+    inherit: &[RawFd],
+    user: Option<u32>,
+    limits: &[Rlimit],
+    cgroup: Option<&Path>,
 ) -> Result<Child, HypervisorError> {
-    let inherit = inherit.to_vec();
-    let name = program.display().to_string();
-    let log_file = std::fs::File::create(log).map_err(|source| HypervisorError::Io {
-        what: format!("create {}", log.display()),
+    Ok(confine::spawn(&Launch {
+        program,
+        args,
+        dir,
+        log,
+        console: None,
+        inherit,
+        user,
+        limits,
+        cgroup,
+    })?)
+}
+
+/// Opens a guest artifact for an unprivileged QEMU, which reopens it through
+/// `/proc/self/fd`: that checks the file's own mode, so it must be world-readable.
+pub(super) fn open_artifact(path: &Path) -> Result<File, HypervisorError> {
+    let io = |source| HypervisorError::Io {
+        what: format!("open {}", path.display()),
         source,
-    })?;
-    let log_err = log_file.try_clone().map_err(|source| HypervisorError::Io {
-        what: format!("dup {}", log.display()),
-        source,
-    })?;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err)
-        .current_dir(dir)
-        .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // prctl(2) and fcntl(2), which are async-signal-safe; it reads `inherit`, which
-    // was allocated before the fork, and allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for fd in &inherit {
-                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+    };
+    let file = File::open(path).map_err(io)?;
+    let mode = file.metadata().map_err(io)?.permissions().mode();
+    if mode & 0o004 == 0 {
+        return Err(HypervisorError::Unconfined(format!(
+            "{} is not world-readable (mode {:o}): the unprivileged QEMU could not read it; chmod o+r it",
+            path.display(),
+            mode & 0o7777
+        )));
+    }
+    Ok(file)
+}
+
+/// Makes the run dir's `vsock.sock` reachable as `<state dir>/vsock.sock` for husk
+/// (root): a hard link of the socket the unprivileged vhost-device-vsock bound,
+/// checked to be a socket of `uid` and linked by descriptor, so that process cannot
+/// swap it for a link to another socket. Where the two dirs are on different file
+/// systems a symbolic link is the fallback (logged).
+pub(super) fn link_vsock_socket(
+    run_socket: &Path,
+    state_dir: &Path,
+    uid: u32,
+) -> Result<(), HypervisorError> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |what: String| move |source| HypervisorError::Io { what, source };
+    let fd: OwnedFd = nix::fcntl::open(
+        run_socket,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(|fd| {
+        // SAFETY: `fd` was just opened and is owned here.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    })
+    .map_err(|e| io(format!("open {}", run_socket.display()))(e.into()))?;
+    let meta = File::from(fd.try_clone().map_err(io("dup".into()))?)
+        .metadata()
+        .map_err(io(format!("stat {}", run_socket.display())))?;
+    if !meta.file_type().is_socket() || meta.uid() != uid {
+        return Err(HypervisorError::HelperFailed {
+            program: VHOST_VSOCK.into(),
+            detail: format!("{} is not a socket of uid {uid}", run_socket.display()),
         });
     }
-    command.spawn().map_err(|source| HypervisorError::Spawn {
-        program: name,
-        source,
-    })
+    let target = state_dir.join(super::VSOCK_SOCKET);
+    let _ = std::fs::remove_file(&target);
+    let c_target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| HypervisorError::Unconfined(format!("{} has a NUL", target.display())))?;
+    // SAFETY: linkat with a descriptor owned here, an empty C string and a valid C
+    // string for the target.
+    let rc = unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c_target.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EXDEV) {
+        return Err(io(format!(
+            "link {} to {}",
+            run_socket.display(),
+            target.display()
+        ))(err));
+    }
+    tracing::warn!(
+        "{} and {} are on different file systems: {} is a symbolic link",
+        run_socket.display(),
+        state_dir.display(),
+        target.display()
+    );
+    std::os::unix::fs::symlink(run_socket, &target)
+        .map_err(io(format!("symlink {}", target.display())))
+}
+
+/// A socket path that must fit in `sun_path`.
+fn socket_path(dir: &Path, name: &str) -> Result<PathBuf, HypervisorError> {
+    let path = dir.join(name);
+    if path.as_os_str().len() >= 108 {
+        return Err(HypervisorError::Unconfined(format!(
+            "socket {} does not fit in sun_path (107 bytes): choose a shorter run dir",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// Waits for a helper's socket; fails if the helper exits first.
@@ -194,8 +297,19 @@ fn wait_for_socket(
     socket: &Path,
     log: &Path,
 ) -> Result<(), HypervisorError> {
+    wait_for_socket_within(name, child, socket, log, HELPER_TIMEOUT)
+}
+
+/// [`wait_for_socket`] with another timeout.
+pub(super) fn wait_for_socket_within(
+    name: &str,
+    child: &mut Child,
+    socket: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<(), HypervisorError> {
     use std::os::unix::fs::FileTypeExt;
-    let deadline = Instant::now() + HELPER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
         if std::fs::metadata(socket)
             .map(|m| m.file_type().is_socket())
@@ -213,7 +327,7 @@ fn wait_for_socket(
         if Instant::now() > deadline {
             return Err(HypervisorError::HelperFailed {
                 program: name.to_string(),
-                detail: format!("no socket {} after {HELPER_TIMEOUT:?}", socket.display()),
+                detail: format!("no socket {} after {timeout:?}", socket.display()),
             });
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -290,10 +404,14 @@ pub fn virtiofsd_args(socket: &Path, shared_dir: &Path, sandbox: FsSandbox) -> V
         sandbox.arg().into(),
         // No xattrs are served, so file capabilities cannot be set: SETFCAP goes.
         "--modcaps=-setfcap".into(),
+        // No file handles: they need CAP_DAC_READ_SEARCH, and open_by_handle_at
+        // reaches any file of the share's file system, outside the sandbox too.
+        "--inode-file-handles=never".into(),
         "--seccomp".into(),
         "kill".into(),
         "--cache".into(),
         "never".into(),
+        format!("--rlimit-nofile={VIRTIOFSD_NOFILE}"),
     ]
 }
 
@@ -340,59 +458,41 @@ impl Hypervisor for Qemu {
 
     fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, HypervisorError> {
         let dir = &spec.state_dir;
-        // Relative to `dir`, the helpers' and QEMU's working directory.
-        let vsock_vhost = Path::new(VHOST_VSOCK_SOCKET);
-        let fs_vhost = Path::new(VIRTIOFS_SOCKET);
+        // The sandbox's own host uid (= gid) and run dir, where the unprivileged
+        // processes bind their sockets.
+        let lease = IdLease::take(Path::new(confine::IDS_DIR), self.ids, dir)?;
+        let uid = lease.id();
+        let run = lease.run_dir().to_path_buf();
+        let vsock_vhost = socket_path(&run, VHOST_VSOCK_SOCKET)?;
+        let vsock_uds = socket_path(&run, super::VSOCK_SOCKET)?;
+        let fs_vhost = socket_path(&run, VIRTIOFS_SOCKET)?;
+        let cgroup = spec.cgroup.as_deref();
         let mut helpers: Vec<Helper> = Vec::new();
 
-        let vsock_log = dir.join("vhost-device-vsock.log");
-        let mut vsock = spawn(
-            &self.vhost_vsock,
-            &[
-                "--guest-cid".into(),
-                GUEST_CID.to_string(),
-                "--socket".into(),
-                VHOST_VSOCK_SOCKET.into(),
-                "--uds-path".into(),
-                super::VSOCK_SOCKET.into(),
-            ],
-            dir,
-            &vsock_log,
-        )?;
-        let waited = wait_for_socket(
-            VHOST_VSOCK,
-            &mut vsock,
-            &dir.join(VHOST_VSOCK_SOCKET),
-            &vsock_log,
-        );
-        helpers.push(Helper {
-            name: VHOST_VSOCK,
-            child: vsock,
-            exits_with_vmm: false,
-        });
-        if let Err(e) = waited {
-            abandon(helpers);
-            return Err(e);
-        }
-
+        // virtiofsd first, while nothing else runs as the sandbox's uid: root, but
+        // only inside its sandbox (it serves files of many owners as their owner).
         let fs_log = dir.join("virtiofsd.log");
-        let fs_args = virtiofsd_args(
-            Path::new(VIRTIOFS_SOCKET),
-            &spec.shared_dir,
-            FsSandbox::for_host(),
-        );
-        if let Err(e) = check_sandboxed(&fs_args) {
-            abandon(helpers);
-            return Err(e);
-        }
-        let mut fs = match spawn(&self.virtiofsd, &fs_args, dir, &fs_log) {
-            Ok(child) => child,
-            Err(e) => {
-                abandon(helpers);
-                return Err(e);
-            }
-        };
-        let waited = wait_for_socket(VIRTIOFSD, &mut fs, &dir.join(VIRTIOFS_SOCKET), &fs_log);
+        let fs_args = virtiofsd_args(&fs_vhost, &spec.shared_dir, FsSandbox::for_host());
+        check_sandboxed(&fs_args)?;
+        let mut fs = launch(
+            &self.virtiofsd,
+            &fs_args,
+            dir,
+            &fs_log,
+            &[],
+            None,
+            &confine::base_limits(VIRTIOFSD_NOFILE),
+            cgroup,
+        )?;
+        let waited = wait_for_socket(VIRTIOFSD, &mut fs, &fs_vhost, &fs_log).and_then(|()| {
+            // QEMU, unprivileged, must be able to connect.
+            std::os::unix::fs::lchown(&fs_vhost, Some(uid), Some(uid)).map_err(|source| {
+                HypervisorError::Io {
+                    what: format!("chown {} to {uid}", fs_vhost.display()),
+                    source,
+                }
+            })
+        });
         helpers.push(Helper {
             name: VIRTIOFSD,
             child: fs,
@@ -403,22 +503,97 @@ impl Hypervisor for Qemu {
             return Err(e);
         }
 
-        let args = self.qemu_args(spec, vsock_vhost, fs_vhost);
-        tracing::debug!(?args, "starting qemu");
-        let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
-        let vmm = match spawn_inheriting(&self.qemu, &args, dir, &dir.join("qemu.log"), &taps) {
+        let vsock_log = dir.join("vhost-device-vsock.log");
+        let mut limits = confine::base_limits(QEMU_NOFILE);
+        limits.extend([(libc::RLIMIT_NPROC, SANDBOX_NPROC), (libc::RLIMIT_FSIZE, 0)]);
+        let vsock = launch(
+            &self.vhost_vsock,
+            &[
+                "--guest-cid".into(),
+                GUEST_CID.to_string(),
+                "--socket".into(),
+                vsock_vhost.display().to_string(),
+                "--uds-path".into(),
+                vsock_uds.display().to_string(),
+            ],
+            dir,
+            &vsock_log,
+            &[],
+            Some(uid),
+            &limits,
+            cgroup,
+        );
+        let mut vsock = match vsock {
             Ok(child) => child,
             Err(e) => {
                 abandon(helpers);
                 return Err(e);
             }
         };
-        Ok(VmProcesses {
-            vmm,
-            vmm_name: QEMU,
-            helpers,
-            vmm_status: None,
-        })
+        let waited = wait_for_socket(VHOST_VSOCK, &mut vsock, &vsock_vhost, &vsock_log)
+            .and_then(|()| link_vsock_socket(&vsock_uds, dir, uid));
+        helpers.push(Helper {
+            name: VHOST_VSOCK,
+            child: vsock,
+            exits_with_vmm: false,
+        });
+        if let Err(e) = waited {
+            abandon(helpers);
+            return Err(e);
+        }
+
+        let vmm = self.start_qemu(spec, uid, vsock_vhost, fs_vhost);
+        match vmm {
+            Ok(vmm) => Ok(VmProcesses::new(vmm, QEMU, helpers).with_lease(lease)),
+            Err(e) => {
+                abandon(helpers);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Qemu {
+    /// Starts QEMU as `uid`, sandboxed, with the guest artifacts and its console by
+    /// descriptor.
+    fn start_qemu(
+        &self,
+        spec: &VmBootSpec,
+        uid: u32,
+        vsock_vhost: PathBuf,
+        fs_vhost: PathBuf,
+    ) -> Result<Child, HypervisorError> {
+        let kernel = open_artifact(&spec.artifacts.kernel)?;
+        let initramfs = open_artifact(&spec.artifacts.initramfs)?;
+        let console = confine::capped_log(&spec.console_log())?;
+        let files = QemuFiles {
+            kernel: kernel.as_raw_fd(),
+            initramfs: initramfs.as_raw_fd(),
+            console: console.as_raw_fd(),
+            vsock_vhost,
+            fs_vhost,
+        };
+        let args = self.qemu_args(spec, &files);
+        tracing::debug!(?args, "starting qemu");
+        let mut inherit: Vec<RawFd> = spec.net.iter().map(|d| d.tap_fd).collect();
+        inherit.extend([files.kernel, files.initramfs, files.console]);
+        let mut limits = confine::base_limits(QEMU_NOFILE);
+        // The guest RAM is a memfd of this size: nothing else QEMU writes is a file.
+        let ram = u64::from(spec.memory_mib) << 20;
+        limits.extend([
+            (libc::RLIMIT_NPROC, SANDBOX_NPROC),
+            (libc::RLIMIT_FSIZE, ram),
+        ]);
+        launch(
+            &self.qemu,
+            &args,
+            &spec.state_dir,
+            &spec.state_dir.join("qemu.log"),
+            &inherit,
+            Some(uid),
+            &limits,
+            spec.cgroup.as_deref(),
+        )
     }
 }
 
@@ -438,14 +613,22 @@ mod tests {
     #[test]
     fn virtiofsd_is_always_sandboxed() {
         for sandbox in [FsSandbox::Namespace, FsSandbox::Chroot] {
-            let args = virtiofsd_args(Path::new("fs.sock"), Path::new("/state/shared"), sandbox);
+            let args = virtiofsd_args(
+                Path::new("/run/x/v.sock"),
+                Path::new("/state/shared"),
+                sandbox,
+            );
             check_sandboxed(&args).unwrap();
             let at = args.iter().position(|a| a == "--sandbox").unwrap();
             assert_eq!(args[at + 1], sandbox.arg());
             assert!(!args.iter().any(|a| a == "none"), "{args:?}");
+            assert!(
+                args.iter().any(|a| a == "--inode-file-handles=never"),
+                "{args:?}"
+            );
         }
         assert!(check_sandboxed(&virtiofsd_args(
-            Path::new("fs.sock"),
+            Path::new("v.sock"),
             Path::new("/s"),
             FsSandbox::for_host()
         ))
@@ -469,6 +652,94 @@ mod tests {
             );
         }
         assert!(check_sandboxed(&args(&["--sandbox=chroot"])).is_ok());
+    }
+
+    fn spec(state_dir: &Path) -> VmBootSpec {
+        VmBootSpec {
+            artifacts: super::super::GuestArtifacts {
+                kernel: "/root/k/vmlinux".into(),
+                initramfs: "/root/i/initramfs.cpio".into(),
+            },
+            shared_dir: state_dir.join("shared"),
+            state_dir: state_dir.into(),
+            memory_mib: 256,
+            vcpus: 1,
+            net: vec![super::super::TapDevice {
+                tap_fd: 9,
+                mac: [2, 0, 0, 0, 0, 1],
+            }],
+            cgroup: None,
+        }
+    }
+
+    #[test]
+    fn qemu_is_sandboxed_and_needs_no_path_of_the_state_dir() {
+        let files = QemuFiles {
+            kernel: 20,
+            initramfs: 21,
+            console: 22,
+            vsock_vhost: "/run/husk-vm/200000/vhost-vsock.sock".into(),
+            fs_vhost: "/run/husk-vm/200000/virtiofs.sock".into(),
+        };
+        let args = qemu_args(Accel::Tcg, &spec(Path::new("/state/sb")), &files);
+        let after = |flag: &str| {
+            let at = args
+                .iter()
+                .position(|a| a == flag)
+                .unwrap_or_else(|| panic!("{flag} in {args:?}"));
+            args[at + 1].as_str()
+        };
+        assert_eq!(
+            after("-sandbox"),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        );
+        assert_eq!(after("-kernel"), "/proc/self/fd/20");
+        assert_eq!(after("-initrd"), "/proc/self/fd/21");
+        assert_eq!(after("-add-fd"), "fd=22,set=1,opaque=console");
+        assert_eq!(
+            after("-chardev"),
+            "file,id=console,path=/dev/fdset/1,append=on"
+        );
+        assert_eq!(after("-serial"), "chardev:console");
+        assert!(args
+            .iter()
+            .any(|a| a == "socket,id=vsock0,path=/run/husk-vm/200000/vhost-vsock.sock"));
+        assert!(args
+            .iter()
+            .any(|a| a == "socket,id=fs0,path=/run/husk-vm/200000/virtiofs.sock"));
+        assert!(args.iter().any(|a| a == "tap,id=net0,fd=9"));
+        // QEMU runs as the sandbox's uid: nothing of the (root-only) state dir and
+        // no artifact path is opened by name.
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("/state/sb") || a.contains("/root/")),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a == "-runas"),
+            "ids are dropped before exec"
+        );
+    }
+
+    #[test]
+    fn artifacts_must_be_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmlinux");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = open_artifact(&file).unwrap_err().to_string();
+        assert!(err.contains("not world-readable"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_artifact(&file).unwrap();
+    }
+
+    #[test]
+    fn long_socket_paths_are_refused() {
+        assert!(socket_path(Path::new("/run/husk-vm/200000"), "vsock.sock").is_ok());
+        let long = PathBuf::from(format!("/{}", "d".repeat(100)));
+        let err = socket_path(&long, "vsock.sock").unwrap_err().to_string();
+        assert!(err.contains("sun_path"), "{err}");
     }
 
     #[test]

@@ -365,6 +365,7 @@ impl Sandbox {
             memory_mib: p.memory_mib,
             vcpus: p.vcpus,
             net,
+            cgroup: None,
         };
         let started = Instant::now();
         let vm = p.hypervisor.start(&spec)?;

@@ -110,7 +110,7 @@ impl VmLaunch {
         )?;
         let guest_id = guest_spec::guest_container_id(id);
         let plan = guest_spec::plan(bundle.json.clone(), &guest_id)?;
-        let (hypervisor, why) = hypervisor::select(backend)?;
+        let (hypervisor, why) = hypervisor::select(backend, &config.vm)?;
         let artifacts = GuestArtifacts::find(&config.vm)?;
         Ok(Self {
             guest_id,
