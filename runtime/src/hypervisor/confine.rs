@@ -412,11 +412,26 @@ pub fn spawn(l: &Launch<'_>) -> Result<Child, ConfineError> {
     // An unprivileged process may not be able to reach its program by path (the
     // helpers are installed under /root/.cache): exec it through a descriptor opened
     // here, keeping its name as argv[0].
+    // An unprivileged user may not be able to walk to the program (a cache under
+    // /root): it is started through a descriptor of its directory, opened here as
+    // root. Through the directory, not the file itself, so that the process keeps
+    // its name (`ps`, `/proc/<pid>/comm`) rather than the descriptor's number.
+    let (program_dir, program_name) = match (l.program.parent(), l.program.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => (dir, name),
+        _ => {
+            return Err(ConfineError::Spawn {
+                program: l.program.display().to_string(),
+                source: std::io::Error::other("not an absolute program path"),
+            })
+        }
+    };
     let program = match user {
         Some(_) => Some(File::from(
             nix::fcntl::open(
-                l.program,
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                program_dir,
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )
             .map(|fd| {
@@ -432,7 +447,9 @@ pub fn spawn(l: &Launch<'_>) -> Result<Child, ConfineError> {
     };
     let mut command = match &program {
         Some(file) => {
-            let mut c = Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            let mut c = Command::new(
+                Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())).join(program_name),
+            );
             c.arg0(l.program);
             c
         }
