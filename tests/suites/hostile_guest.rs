@@ -23,56 +23,13 @@ struct Env {
     rootfs: Rootfs,
     kernel: PathBuf,
     initramfs: PathBuf,
+    /// Every capability husk can give a container (`husk features`).
+    all_capabilities: serde_json::Value,
 }
 
 /// Where the agent mounts the share in the guest, seen from a container without a
 /// pid namespace of its own.
 const GUEST_SHARE: &str = "/proc/1/root/run/husk/shared";
-
-/// Every capability a container can hold.
-const ALL_CAPS: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 /// A test's husk, a private copy of the rootfs (the guest writes into it) and the
 /// bundle of an escaped container running `script`.
@@ -108,7 +65,7 @@ impl Attack {
         let namespaces = config["linux"]["namespaces"].as_array_mut().unwrap();
         namespaces.retain(|ns| ns["type"] != "pid");
         for set in ["bounding", "effective", "permitted"] {
-            config["process"]["capabilities"][set] = json!(ALL_CAPS.as_slice());
+            config["process"]["capabilities"][set] = env.all_capabilities.clone();
         }
         config["linux"]["maskedPaths"] = json!([]);
         config["linux"]["readonlyPaths"] = json!([]);
@@ -380,10 +337,23 @@ fn main() {
     husk_e2e::require_program("qemu-system-x86_64");
     let (kernel, initramfs) = husk_e2e::guest::artifacts();
     husk_e2e::guest::ensure_helpers();
+    let features = cmd::run(
+        Command::new(husk_e2e::husk_bin()).arg("features"),
+        Duration::from_secs(10),
+    )
+    .ok();
+    let features: serde_json::Value =
+        serde_json::from_str(&features.stdout).expect("husk features prints JSON");
+    let all_capabilities = features["linux"]["capabilities"].clone();
+    assert!(
+        all_capabilities.as_array().is_some_and(|c| c.len() > 30),
+        "husk features lists no capabilities: {features}"
+    );
     let env = Arc::new(Env {
         rootfs: Rootfs::busybox(),
         kernel,
         initramfs,
+        all_capabilities,
     });
     let trials = husk_e2e::trials(&env, cases());
     let conclusion = libtest_mimic::run(&args, trials);
