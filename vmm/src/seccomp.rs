@@ -196,11 +196,14 @@ fn role_syscalls(role: ThreadRole) -> &'static [i64] {
     }
 }
 
-/// The BPF program for `role`; violations trap (enforce) or are logged (log).
-pub fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, SeccompError> {
+/// The allowlist for `role`; violations trap (enforce) or are logged (log). Only
+/// [`apply`] may install it: alone it lets the [`GLIBC_LAZY`] calls through.
+fn filter_for(role: ThreadRole, level: SeccompLevel) -> Result<BpfProgram, SeccompError> {
     let build = |source| SeccompError::Build { role, source };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for nr in COMMON.iter().chain(role_syscalls(role)) {
+    // GLIBC_LAZY calls pass here and get their EACCES from the filter stacked under
+    // this one (`lazy_glibc_filter_for`), which `apply` always installs first.
+    for nr in COMMON.iter().chain(role_syscalls(role)).chain(GLIBC_LAZY) {
         rules.insert(*nr, Vec::new());
     }
     let arg1_is = |value: u64| -> Result<SeccompRule, seccompiler::BackendError> {
@@ -288,15 +291,56 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     }
 }
 
+/// Syscalls glibc makes on its own, lazily, from whichever thread happens to reach
+/// the code first: `free` shrinking a thread arena's heap opens
+/// /proc/sys/vm/overcommit_memory once per process, and an arena created once more
+/// than eight exist asks sched_getaffinity for the CPU count. Neither is the thread's
+/// own work, and glibc copes with their failure (it then assumes overcommit is on and
+/// two CPUs), so a role that does not list them gets `EACCES` instead of SIGSYS: the
+/// call still never happens, and a VMM thread is not killed by a `free`.
+const GLIBC_LAZY: &[i64] = &[libc::SYS_openat, libc::SYS_sched_getaffinity];
+
+/// The filter stacked under `role`'s allowlist: `EACCES` for the [`GLIBC_LAZY`] calls
+/// the role does not need, everything else left to the allowlist. `None` when the
+/// role needs them all.
+fn lazy_glibc_filter_for(role: ThreadRole) -> Result<Option<BpfProgram>, SeccompError> {
+    let build = |source| SeccompError::Build { role, source };
+    let denied: BTreeMap<i64, Vec<SeccompRule>> = GLIBC_LAZY
+        .iter()
+        .filter(|nr| !role_syscalls(role).contains(nr))
+        .map(|nr| (*nr, Vec::new()))
+        .collect();
+    if denied.is_empty() {
+        return Ok(None);
+    }
+    let filter = SeccompFilter::new(
+        denied,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map(Some).map_err(build)
+}
+
 /// Installs `role`'s filter on the calling thread (no-op when `level` is `Off`).
+///
+/// Two filters are stacked and the kernel applies the stricter verdict: the
+/// allowlist, which lets the [`GLIBC_LAZY`] calls through, and under it the filter
+/// that answers those with `EACCES`. The latter goes in first, so a failure to
+/// install the allowlist never leaves them allowed.
 pub fn apply(role: ThreadRole, level: SeccompLevel) -> Result<(), SeccompError> {
     if level == SeccompLevel::Off {
         return Ok(());
     }
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, sigsys_handler)
         .map_err(SeccompError::Handler)?;
+    let install = |source| SeccompError::Install { role, source };
+    if let Some(lazy) = lazy_glibc_filter_for(role)? {
+        apply_filter(&lazy).map_err(install)?;
+    }
     let prog = filter_for(role, level)?;
-    apply_filter(&prog).map_err(|source| SeccompError::Install { role, source })
+    apply_filter(&prog).map_err(install)
 }
 
 #[cfg(test)]
@@ -388,6 +432,67 @@ mod tests {
                 "family #{n} must trap"
             );
         }
+    }
+
+    /// What glibc's `free` does on its own when it first shrinks a thread arena.
+    fn open_overcommit_sysctl() -> i32 {
+        // SAFETY: open(2) of a NUL-terminated path; the descriptor is left to _exit.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        match (fd, std::io::Error::last_os_error().raw_os_error()) {
+            (fd, _) if fd >= 0 => 10,
+            (_, Some(libc::EACCES)) => 0,
+            _ => 11,
+        }
+    }
+
+    /// What glibc does when it makes a ninth malloc arena.
+    fn cpu_count_by_affinity() -> i32 {
+        let mut set = [0u8; 128];
+        // SAFETY: sched_getaffinity(2) writes at most `set.len()` bytes into `set`.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_sched_getaffinity, 0, set.len(), set.as_mut_ptr()) };
+        match (rc, std::io::Error::last_os_error().raw_os_error()) {
+            (rc, _) if rc > 0 => 10,
+            (_, Some(libc::EACCES)) => 0,
+            _ => 11,
+        }
+    }
+
+    /// A VMM thread that frees memory must not die of glibc's lazy open: it gets
+    /// EACCES (the open never happens), on every role that does not open files; the
+    /// fs server, which does, still opens.
+    #[test]
+    fn glibcs_lazy_calls_fail_instead_of_killing_the_thread() {
+        for role in [
+            ThreadRole::Vcpu,
+            ThreadRole::VsockWorker,
+            ThreadRole::Main,
+            ThreadRole::Signals,
+            ThreadRole::ConsoleInput,
+            ThreadRole::BlockWorker,
+            ThreadRole::NetWorker,
+        ] {
+            assert_eq!(status_under(role, open_overcommit_sysctl), 0, "{role:?}");
+            assert_eq!(status_under(role, cpu_count_by_affinity), 0, "{role:?}");
+            // The stacked filter changes nothing else: socket(2) still traps.
+            if role != ThreadRole::VsockWorker {
+                assert_eq!(
+                    status_under(role, || socket_of(libc::AF_INET)),
+                    SECCOMP_VIOLATION_EXIT,
+                    "{role:?}"
+                );
+            }
+        }
+        assert_eq!(
+            status_under(ThreadRole::FsWorker, open_overcommit_sysctl),
+            10,
+            "the fs server opens files"
+        );
     }
 
     #[test]
