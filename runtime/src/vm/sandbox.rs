@@ -51,8 +51,9 @@ const AGENT_READY: &[u8] = b"husk-agent ready on vsock";
 /// The file that marks a directory as a VM sandbox's state (see [`SandboxRecord`]).
 pub const MARKER: &str = "sandbox.json";
 /// The logs a debug teardown copies into husk's own log.
-const SANDBOX_LOGS: [&str; 4] = [
+const SANDBOX_LOGS: [&str; 5] = [
     "console.log",
+    "husk-vmm.log",
     "qemu.log",
     "virtiofsd.log",
     "vhost-device-vsock.log",
@@ -76,11 +77,13 @@ pub enum SandboxError {
         console: String,
     },
     /// The VMM exited while the sandbox still needed it.
-    #[error("the VM exited unexpectedly ({status}) {when}{console}")]
+    #[error("the VM exited unexpectedly ({status}) {when}{console}{vmm_log}")]
     VmExited {
         status: String,
         when: &'static str,
         console: String,
+        /// The end of the VMM's own log: why it exited, when it says so itself.
+        vmm_log: String,
     },
     /// An agent call failed.
     #[error(transparent)]
@@ -525,6 +528,7 @@ impl Sandbox {
             status: status.to_string(),
             when,
             console: format!("\n{}", self.console_log()),
+            vmm_log: vmm_log_tails(&self.dir, VMM_LOG_LINES),
         })
     }
 
@@ -933,16 +937,55 @@ fn remove_cgroup_when_empty(cgroup: &HostCgroupSpec) -> Result<(), SandboxError>
 /// The last `lines` lines of the guest console, framed for an error message (guest
 /// text, escaped).
 pub fn console_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = super::agent::escape_guest_text(&String::from_utf8_lossy(&text));
+    let (shown, text) = last_lines(path, lines);
+    format!(
+        "----- guest console ({}, last {shown} lines) -----\n{text}\n----- end of guest console -----",
+        path.display(),
+    )
+}
+
+/// The VMM logs a state dir may hold (one per backend), quoted when the VMM dies.
+const VMM_LOGS: [&str; 2] = ["husk-vmm.log", "qemu.log"];
+/// Lines of the VMM's own log quoted in errors.
+const VMM_LOG_LINES: usize = 20;
+/// How much of the end of a log is read to quote its last lines.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The end of each non-empty VMM log in `dir`, each in its own frame, preceded by a
+/// newline ("" when there is none): a VMM that refuses to start says why there
+/// (a jail step, a missing device), not on the guest console.
+fn vmm_log_tails(dir: &Path, lines: usize) -> String {
+    let mut out = String::new();
+    for name in VMM_LOGS {
+        let path = dir.join(name);
+        let (shown, text) = last_lines(&path, lines);
+        if shown > 0 {
+            out.push_str(&format!(
+                "\n----- {name} ({}, last {shown} lines) -----\n{text}\n----- end of {name} -----",
+                path.display()
+            ));
+        }
+    }
+    out
+}
+
+/// The last `lines` lines of the file at `path` (read from at most its last
+/// [`TAIL_BYTES`]), escaped as guest text, and how many there are. The logs quoted
+/// carry what the guest printed or made the VMM print.
+fn last_lines(path: &Path, lines: usize) -> (usize, String) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = len.saturating_sub(TAIL_BYTES);
+        if file.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = file.take(TAIL_BYTES).read_to_end(&mut bytes);
+        }
+    }
+    let text = super::agent::escape_guest_text(&String::from_utf8_lossy(&bytes));
     let all: Vec<&str> = text.trim_end().lines().collect();
     let start = all.len().saturating_sub(lines);
-    format!(
-        "----- guest console ({}, last {} lines) -----\n{}\n----- end of guest console -----",
-        path.display(),
-        all.len() - start,
-        all[start..].join("\n")
-    )
+    (all.len() - start, all[start..].join("\n"))
 }
 
 #[cfg(test)]

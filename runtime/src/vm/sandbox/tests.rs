@@ -521,3 +521,30 @@ fn the_vm_processes_are_born_in_the_sandbox_cgroup_which_goes_at_teardown() {
         .collect();
     assert!(left.is_empty(), "cgroup left: {left:?}");
 }
+
+/// A VMM that dies says why in its own log: the error quotes the end of each
+/// non-empty VMM log, escaped, bounded, and nothing for logs that are empty or absent.
+#[test]
+fn a_dead_vmm_error_quotes_the_end_of_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(vmm_log_tails(dir.path(), 3), "");
+    std::fs::write(dir.path().join("qemu.log"), b"").unwrap();
+    assert_eq!(
+        vmm_log_tails(dir.path(), 3),
+        "",
+        "an empty log is not quoted"
+    );
+    let mut log: Vec<u8> = (0..100_000).flat_map(|_| b"filler\n".to_vec()).collect();
+    log.extend_from_slice(b"one\ntwo\njail: pivot_root: Operation not permitted \x1b[2J\n");
+    std::fs::write(dir.path().join("husk-vmm.log"), &log).unwrap();
+    let quoted = vmm_log_tails(dir.path(), 3);
+    assert!(quoted.starts_with("\n----- husk-vmm.log ("), "{quoted}");
+    assert!(quoted.contains("last 3 lines"), "{quoted}");
+    assert!(quoted.contains("one\ntwo\njail: pivot_root"), "{quoted}");
+    assert!(!quoted.contains("filler"), "{quoted}");
+    assert!(
+        !quoted.contains('\x1b'),
+        "control bytes are escaped: {quoted}"
+    );
+    assert!(!quoted.contains("qemu.log"), "{quoted}");
+}
