@@ -5,6 +5,15 @@
 //! CAP_SETPCAP allows, an empty bounding set. The one exception is the virtio-fs
 //! thread, which serves guest file operations as the guest's caller and keeps the
 //! file-ownership capabilities virtiofsd keeps by default ([`FS_WORKER_CAPS`]).
+//!
+//! A jailed husk-vmm (docs/vmm.md, "Jail") is also told a uid (= gid) to run as
+//! ([`set_run_as`]): credentials are per thread too, so each thread but the
+//! virtio-fs one switches to it with raw `setgroups`/`setresgid`/`setresuid` calls
+//! (glibc's wrappers would switch every thread) as it drops its capabilities. The
+//! virtio-fs thread stays uid 0, with only [`FS_WORKER_CAPS`], to act as the guest's
+//! caller on files of many owners.
+
+use std::sync::OnceLock;
 
 use crate::seccomp::ThreadRole;
 
@@ -39,9 +48,68 @@ pub const FS_WORKER_CAPS: u64 = (1 << cap::CHOWN)
     | (1 << cap::SETUID)
     | (1 << cap::MKNOD);
 
+/// The uid (= gid) threads switch to, once set.
+static RUN_AS: OnceLock<u32> = OnceLock::new();
+
+/// Makes every later [`drop_for`] of a thread that keeps no capabilities switch that
+/// thread to `id` (uid and gid, no supplementary groups). Set once, before the VM's
+/// threads start; a second, different id is refused.
+pub fn set_run_as(id: u32) -> Result<(), CapsError> {
+    if id == 0 {
+        return Err(CapsError::RunAsRoot);
+    }
+    let set = *RUN_AS.get_or_init(|| id);
+    if set != id {
+        return Err(CapsError::RunAsTwice { set, asked: id });
+    }
+    Ok(())
+}
+
+/// The uid threads switch to, if any.
+pub fn run_as() -> Option<u32> {
+    RUN_AS.get().copied()
+}
+
+/// Switches the calling thread (only) to `id`: no supplementary groups, then the
+/// gid, then the uid, which also clears its capabilities (no `SECBIT_KEEP_CAPS`).
+fn switch_thread_to(id: u32) -> std::io::Result<()> {
+    let check = |rc: libc::c_long| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let id = libc::c_long::from(id);
+    // SAFETY: the raw syscalls change only the calling thread's credentials (glibc's
+    // wrappers would signal every thread); their arguments are plain integers and a
+    // null list of zero groups.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, id, id, id))?;
+        check(libc::syscall(libc::SYS_setresuid, id, id, id))?;
+    }
+    Ok(())
+}
+
 /// Errors from dropping capabilities.
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
+    /// `set_run_as(0)`.
+    #[error("cannot run as uid 0: that is root")]
+    RunAsRoot,
+    /// `set_run_as` with another id than before.
+    #[error("threads already run as uid {set}, not {asked}")]
+    RunAsTwice {
+        /// The id set first.
+        set: u32,
+        /// The id asked for now.
+        asked: u32,
+    },
     /// capget/capset failed.
     #[error("{call} for the {role:?} thread: {source}")]
     Syscall {
@@ -97,8 +165,10 @@ pub fn current() -> Result<(u64, u64), std::io::Error> {
 }
 
 /// Drops the calling thread's capabilities down to what `role` keeps: bounding set
-/// first (needs CAP_SETPCAP, so skipped quietly without it), then effective,
-/// permitted and inheritable. Only ever removes capabilities, so it works unprivileged.
+/// first (needs CAP_SETPCAP, so skipped quietly without it), then (for a role that
+/// keeps none, once [`set_run_as`] was called) the switch to the run-as uid, then
+/// effective, permitted and inheritable. Only ever removes capabilities, so it works
+/// unprivileged.
 pub fn drop_for(role: ThreadRole) -> Result<(), CapsError> {
     let keep = kept_by(role);
     let err = |call| move |source| CapsError::Syscall { call, role, source };
@@ -113,6 +183,14 @@ pub fn drop_for(role: ThreadRole) -> Result<(), CapsError> {
             // EINVAL: past the kernel's last capability; EPERM: no CAP_SETPCAP.
             break;
         }
+    }
+    if let (Some(id), 0) = (run_as(), keep) {
+        // Still privileged (SETUID, SETGID) here; the switch clears the rest.
+        switch_thread_to(id).map_err(|source| CapsError::Syscall {
+            call: "setresuid",
+            role,
+            source,
+        })?;
     }
     let (eff, perm) = (effective & keep, permitted & keep);
     let mut hdr = CapHeader {
@@ -163,5 +241,40 @@ mod tests {
         .unwrap();
         // The test's own thread is untouched.
         assert_eq!(current().unwrap().0, before);
+    }
+
+    /// The `Uid:` line of a thread's status.
+    fn uid_line(status: &str) -> String {
+        std::fs::read_to_string(status)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_thread_switches_its_own_uid_only() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test switches uids: run it as root (make test-vmm does)");
+        }
+        assert!(matches!(set_run_as(0), Err(CapsError::RunAsRoot)));
+        std::thread::spawn(|| {
+            switch_thread_to(300_123).unwrap();
+            assert_eq!(
+                uid_line("/proc/thread-self/status"),
+                "300123 300123 300123 300123"
+            );
+            assert_eq!(current().unwrap(), (0, 0), "the switch clears capabilities");
+            // No way back.
+            assert!(switch_thread_to(0).is_err());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(uid_line("/proc/thread-self/status"), "0 0 0 0");
     }
 }

@@ -9,6 +9,7 @@ pub mod builder;
 pub mod caps;
 pub mod config;
 pub mod devices;
+pub mod jail;
 pub mod landlock;
 pub mod lifecycle;
 pub mod seccomp;

@@ -36,12 +36,14 @@ use husk_vmm::{ExitReason, SeccompLevel, VmmConfig};
 /// "husk-vmm: seccomp: forbidden syscall N" and exits with status 159. Every thread
 /// drops its capabilities as it starts (the main thread once the vCPUs run), except
 /// the virtio-fs thread, which keeps the file-ownership ones (CHOWN, DAC_OVERRIDE,
-/// FOWNER, FSETID, SETUID, SETGID, MKNOD) to act as the guest's caller.
+/// FOWNER, FSETID, SETUID, SETGID, MKNOD) to act as the guest's caller. With
+/// "run_as" in the config, every thread but the virtio-fs one also switches to that
+/// uid and gid as it drops them. --jail DIR: see docs/vmm.md, "Jail".
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// JSON config file (keys: kernel, raw64, initramfs, cmdline, vcpus, memory_mib,
-    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, fs = [{tag, path,
+    /// console, vsock, vsock_cid, allow_pvm, console_input, seccomp, run_as, fs = [{tag, path,
     /// cache}], disks = [{path, read_only}], net = [{tap | fd, mac}]); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -99,6 +101,11 @@ struct Cli {
     /// audited), off.
     #[arg(long, value_enum)]
     seccomp: Option<SeccompLevel>,
+    /// Enter the jail the runtime built at DIR (absolute) before anything else:
+    /// pivot into it in a mount namespace of husk-vmm's own and detach the host's
+    /// root; every other path (--config included) is then a path inside the jail.
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
 }
 
 impl Cli {
@@ -200,8 +207,15 @@ fn forward_stop_signals(
 fn run() -> anyhow::Result<i32> {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
+    if let Some(dir) = &cli.jail {
+        husk_vmm::jail::enter(dir)?;
+    }
     let config = cli.into_config()?;
     let spec = config.validate().context("invalid VM configuration")?;
+    if let Some(id) = spec.run_as {
+        // Before any thread starts: each switches as it drops its capabilities.
+        caps::set_run_as(id)?;
+    }
     block_stop_signals()?;
     let vm = husk_vmm::build(&spec).context("building the VM")?;
     if !vm.cmdline().is_empty() {

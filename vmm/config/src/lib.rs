@@ -62,7 +62,7 @@ pub enum VmmConfigError {
 ///
 /// Serialised flat, as `--config` has always read it: `kernel`, `raw64`,
 /// `initramfs`, `cmdline`, `vcpus`, `memory_mib`, `console`, `console_input`,
-/// `allow_pvm`, `seccomp`, `vsock`, `vsock_cid`, `fs`, `disks`, `net`; unknown keys are
+/// `allow_pvm`, `seccomp`, `run_as`, `vsock`, `vsock_cid`, `fs`, `disks`, `net`; unknown keys are
 /// refused.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "ConfigFile", into = "ConfigFile")]
@@ -98,6 +98,8 @@ pub struct ValidatedVm {
     pub console_input: bool,
     /// Seccomp filters for the VMM's threads.
     pub seccomp: SeccompLevel,
+    /// The uid (= gid) the threads but the virtio-fs one switch to (never 0).
+    pub run_as: Option<u32>,
     /// virtio-fs shares, one device each.
     pub fs: Vec<FsShare>,
     /// virtio-blk disks, one device each.
@@ -143,6 +145,7 @@ impl VmmConfig {
             allow_pvm: machine.allow_pvm,
             console_input: machine.console_input,
             seccomp: machine.seccomp,
+            run_as: machine.run_as,
             fs: self.fs.clone(),
             disks: self.disks.clone(),
             net: self.net.clone(),
@@ -164,6 +167,7 @@ impl ValidatedVm {
             allow_pvm: false,
             console_input: false,
             seccomp: SeccompLevel::default(),
+            run_as: None,
             fs: Vec::new(),
             disks: Vec::new(),
             net: Vec::new(),
@@ -179,6 +183,9 @@ impl ValidatedVm {
             self.memory_mib,
             self.console.as_deref(),
         )?;
+        if self.run_as == Some(0) {
+            return Err(MachineConfigError::RunAsRoot.into());
+        }
         if let Some((path, cid)) = &self.vsock {
             vsock::check_device(path, *cid)?;
         }
@@ -227,6 +234,8 @@ struct ConfigFile {
     console_input: bool,
     #[serde(default)]
     seccomp: SeccompLevel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_as: Option<u32>,
     #[serde(default)]
     fs: Vec<FsShare>,
     #[serde(default)]
@@ -259,6 +268,7 @@ impl From<ConfigFile> for VmmConfig {
                 console_input: file.console_input,
                 allow_pvm: file.allow_pvm,
                 seccomp: file.seccomp,
+                run_as: file.run_as,
             },
             // A CID without a socket configures no device: it is dropped.
             vsock: file.vsock.map(|path| VsockConfig {
@@ -292,6 +302,7 @@ impl From<VmmConfig> for ConfigFile {
             allow_pvm: machine.allow_pvm,
             console_input: machine.console_input,
             seccomp: machine.seccomp,
+            run_as: machine.run_as,
             fs: config.fs,
             disks: config.disks,
             net: config.net,
@@ -384,6 +395,29 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(c.validate(), Err(MachineConfigError::VcpuCount(0).into()));
+        let as_root = VmmConfig {
+            machine: MachineConfig {
+                run_as: Some(0),
+                ..base.machine.clone()
+            },
+            ..base.clone()
+        };
+        assert_eq!(
+            as_root.validate(),
+            Err(MachineConfigError::RunAsRoot.into())
+        );
+        let jailed = VmmConfig {
+            machine: MachineConfig {
+                run_as: Some(200_000),
+                ..base.machine.clone()
+            },
+            ..base.clone()
+        };
+        assert_eq!(jailed.validate().unwrap().run_as, Some(200_000));
+        let text = jailed.to_json().unwrap();
+        assert!(text.contains("\"run_as\": 200000"), "{text}");
+        assert_eq!(VmmConfig::from_json(&text).unwrap(), jailed);
+        assert!(!base.to_json().unwrap().contains("run_as"));
         let c = VmmConfig {
             vsock: Some(VsockConfig {
                 path: "/tmp/v.sock".into(),

@@ -66,6 +66,9 @@ pub enum MachineConfigError {
     /// The console log's directory does not exist.
     #[error("console log directory missing: {0}")]
     ConsoleDirMissing(PathBuf),
+    /// `run_as` names root, which is what leaving it out means.
+    #[error("run_as 0 is root: leave it out to keep root, or name the sandbox's host uid")]
+    RunAsRoot,
 }
 
 /// How strictly husk-vmm's threads are confined by seccomp.
@@ -105,6 +108,10 @@ pub struct MachineConfig {
     pub allow_pvm: bool,
     /// Per-thread seccomp filters: off, log or enforce (default).
     pub seccomp: SeccompLevel,
+    /// The uid (= gid) every thread but the virtio-fs one switches to once its
+    /// privileged setup is done (a jailed husk-vmm: the sandbox's host id); `None`
+    /// keeps root (capabilities are dropped either way).
+    pub run_as: Option<u32>,
 }
 
 /// vCPUs when the config does not say.
@@ -125,6 +132,7 @@ impl Default for MachineConfig {
             console_input: false,
             allow_pvm: false,
             seccomp: SeccompLevel::default(),
+            run_as: None,
         }
     }
 }
