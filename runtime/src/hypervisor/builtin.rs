@@ -7,10 +7,12 @@
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use husk_vmm_config::{FsCache, FsShare, MachineConfig, NetConfig, VmmConfig, VsockConfig};
 
-use super::confine::{self, Launch};
+use super::confine::{self, HostIds, IdLease, Launch};
+use super::jail::{self, Jail, JailSources};
 use super::{detect_kvm, Accel, Hypervisor, HypervisorError, KvmKind, VmBootSpec, VmProcesses};
 
 /// The VMM binary's name.
@@ -19,15 +21,21 @@ pub const HUSK_VMM: &str = "husk-vmm";
 /// Descriptors husk-vmm may hold: virtio-fs keeps one per inode the guest looked up.
 const VMM_NOFILE: u64 = 16384;
 
+/// How long husk-vmm gets to bind its vsock socket (it does so before the vCPUs run).
+const VSOCK_SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// husk-vmm, found on this host, on a KVM it can use.
 pub struct Builtin {
     vmm: PathBuf,
     kvm: KvmKind,
+    /// The host ids sandboxes lease their uid from.
+    ids: HostIds,
 }
 
 impl Builtin {
-    /// Finds husk-vmm and checks that /dev/kvm has hardware virtualization.
-    pub fn detect() -> Result<Self, HypervisorError> {
+    /// Finds husk-vmm and checks that /dev/kvm has hardware virtualization; its
+    /// sandboxes lease their uid from `ids`.
+    pub fn detect(ids: HostIds) -> Result<Self, HypervisorError> {
         let kvm = detect_kvm();
         if !kvm.usable() {
             return Err(HypervisorError::BuiltinNeedsKvm(kvm.to_string()));
@@ -36,7 +44,7 @@ impl Builtin {
             program: HUSK_VMM.into(),
             hint: "looked next to the husk binary, in $HUSK_CACHE/bin and on PATH; build it with `cargo build --release -p husk-vmm`".into(),
         })?;
-        Ok(Self { vmm, kvm })
+        Ok(Self { vmm, kvm, ids })
     }
 
     /// The VMM binary in use.
@@ -69,9 +77,6 @@ pub fn find_vmm() -> Option<PathBuf> {
         .find(|p| super::is_executable(p))
         .or_else(|| super::find_program(HUSK_VMM))
 }
-
-/// husk-vmm's config file, in the state dir (0600: it names every resource of the VM).
-pub const VMM_CONFIG_FILE: &str = "husk-vmm.json";
 
 /// husk-vmm's config for `spec`: kernel, agent initramfs, resources, the sandbox's
 /// vsock socket, the shared directory as virtio-fs, and one virtio-net device per tap
@@ -138,28 +143,64 @@ impl Hypervisor for Builtin {
     }
 
     fn start(&self, spec: &VmBootSpec) -> Result<VmProcesses, HypervisorError> {
-        // Not jailed yet: root in the host's namespaces, with its own confinement
-        // (per-thread capabilities and seccomp), limits, the sandbox's cgroup and
-        // capped logs (the console on its stdout).
-        let config = vmm_config(spec);
-        tracing::debug!(?config, "starting husk-vmm");
-        let config_file = spec.state_dir.join(VMM_CONFIG_FILE);
-        write_vmm_config(&config, &config_file)?;
-        let args = ["--config".to_string(), config_file.display().to_string()];
+        // The sandbox's own host uid and run dir, where husk-vmm binds its socket.
+        let dir = &spec.state_dir;
+        let lease = IdLease::take(Path::new(confine::IDS_DIR), self.ids, dir)?;
+        let jail = Jail::build(
+            dir,
+            &JailSources {
+                kvm: Path::new(jail::KVM_DEVICE),
+                kernel: &spec.artifacts.kernel,
+                initramfs: &spec.artifacts.initramfs,
+                shared: &spec.shared_dir,
+                run: lease.run_dir(),
+            },
+        )?;
+        let config = jail::jailed_config(vmm_config(spec), lease.id());
+        tracing::debug!(?config, jail = %jail.dir().display(), "starting husk-vmm");
+        write_vmm_config(&config, &jail.config_file())?;
+        let args = [
+            "--jail".to_string(),
+            jail.dir().display().to_string(),
+            "--config".to_string(),
+            jail::JAIL_CONFIG.to_string(),
+        ];
         let taps: Vec<_> = spec.net.iter().map(|d| d.tap_fd).collect();
         let limits = confine::base_limits(VMM_NOFILE);
-        let vmm = confine::spawn(&Launch {
+        let log = dir.join("husk-vmm.log");
+        let launch = Launch {
             program: &self.vmm,
             args: &args,
-            dir: &spec.state_dir,
-            log: &spec.state_dir.join("husk-vmm.log"),
+            dir,
+            log: &log,
             console: Some(&spec.console_log()),
             inherit: &taps,
+            // Root at exec, to pivot; its threads switch to the lease's uid (run_as).
             user: None,
             limits: &limits,
             cgroup: spec.cgroup.as_deref(),
+            jail: Some(&jail),
+        };
+        let mut vmm = confine::spawn(&launch).map_err(|source| HypervisorError::JailedStart {
+            log: log.clone(),
+            source,
         })?;
-        Ok(VmProcesses::new(vmm, HUSK_VMM, Vec::new()))
+        // Bound by husk-vmm as root before any guest code runs, so it must be root's.
+        let run_socket = lease.run_dir().join(super::VSOCK_SOCKET);
+        let linked = super::qemu::wait_for_socket_within(
+            HUSK_VMM,
+            &mut vmm,
+            &run_socket,
+            &log,
+            VSOCK_SOCKET_TIMEOUT,
+        )
+        .and_then(|()| super::qemu::link_vsock_socket(&run_socket, dir, 0));
+        if let Err(e) = linked {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            return Err(e);
+        }
+        Ok(VmProcesses::new(vmm, HUSK_VMM, Vec::new()).with_lease(lease))
     }
 }
 
@@ -218,7 +259,7 @@ mod tests {
     fn config_file_is_private_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let config = vmm_config(&sandbox_spec(dir.path()));
-        let path = dir.path().join(VMM_CONFIG_FILE);
+        let path = dir.path().join("vm.json");
         std::fs::write(&path, "stale").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_vmm_config(&config, &path).unwrap();
@@ -231,7 +272,7 @@ mod tests {
     fn refused_without_hardware_virtualization() {
         // On a host with hardware KVM the backend is available; everywhere else
         // (PVM, no /dev/kvm) the error names what /dev/kvm is.
-        match Builtin::detect() {
+        match Builtin::detect(HostIds::from_config(None).unwrap()) {
             Ok(b) => assert!(detect_kvm().usable(), "{}", b.reason()),
             Err(HypervisorError::BuiltinNeedsKvm(kvm)) => {
                 assert!(!detect_kvm().usable());

@@ -58,6 +58,9 @@ pub enum ConfineError {
         what: &'static str,
         source: std::io::Error,
     },
+    /// The jail's pid namespace could not be made.
+    #[error(transparent)]
+    Jail(#[from] super::jail::JailError),
     /// Starting the process failed (a confinement step in the child included).
     #[error("cannot start {program} confined: {source}")]
     Spawn {
@@ -313,6 +316,9 @@ pub struct Launch<'a> {
     pub limits: &'a [Rlimit],
     /// A cgroup v2 directory to join before exec.
     pub cgroup: Option<&'a Path>,
+    /// husk-vmm's jail: its namespaces and mounts are made in the child, after the
+    /// cgroup and limits, before exec (see `jail.rs`).
+    pub jail: Option<&'a super::jail::Jail>,
 }
 
 /// Opens `<cgroup>/cgroup.procs` for the child to write itself into.
@@ -409,6 +415,8 @@ pub fn spawn(l: &Launch<'_>) -> Result<Child, ConfineError> {
         .collect();
     let resources: Vec<_> = l.limits.iter().map(|&(r, _)| r).collect();
     let user = l.user;
+    // Owned by the closure (it must be 'static); prepared here, before the fork.
+    let jail = l.jail.cloned();
     // An unprivileged process may not be able to reach its program by path (the
     // helpers are installed under /root/.cache): exec it through a descriptor opened
     // here, keeping its name as argv[0].
@@ -463,8 +471,9 @@ pub fn spawn(l: &Launch<'_>) -> Result<Child, ConfineError> {
         .current_dir(l.dir)
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe syscalls (write, setrlimit, setgroups, setresgid, setresuid,
-    // prctl, fcntl); it reads data allocated before the fork and allocates nothing.
+    // async-signal-safe syscalls (write, setrlimit, unshare, mount, setgroups,
+    // setresgid, setresuid, prctl, fcntl); it reads data allocated before the fork
+    // and allocates nothing.
     unsafe {
         command.pre_exec(move || {
             let check = |rc: libc::c_int| {
@@ -482,6 +491,9 @@ pub fn spawn(l: &Launch<'_>) -> Result<Child, ConfineError> {
             for (resource, limit) in resources.iter().zip(&limits) {
                 check(libc::setrlimit(*resource, limit))?;
             }
+            if let Some(jail) = &jail {
+                jail.make_mounts_in_child()?;
+            }
             if let Some(id) = user {
                 check(libc::setgroups(0, std::ptr::null()))?;
                 check(libc::setresgid(id, id, id))?;
@@ -496,7 +508,13 @@ pub fn spawn(l: &Launch<'_>) -> Result<Child, ConfineError> {
             Ok(())
         });
     }
-    let child = command.spawn();
+    // A jailed process is born pid 1 of a pid namespace of its own. Only around the
+    // fork: while this thread's children go to a new pid namespace it cannot start
+    // threads (the log copiers above are already running).
+    let child = match l.jail {
+        Some(_) => super::jail::in_new_pid_namespace(|| command.spawn())?,
+        None => command.spawn(),
+    };
     drop(program);
     drop(cgroup);
     child.map_err(|source| ConfineError::Spawn {
@@ -631,6 +649,7 @@ mod tests {
             user: Some(300_123),
             limits: &base_limits(321),
             cgroup: Some(&cgroup.0),
+            jail: None,
         })
         .unwrap();
         assert!(child.wait().unwrap().success());
@@ -668,6 +687,7 @@ mod tests {
             user: None,
             limits: &[],
             cgroup: Some(&missing),
+            jail: None,
         })
         .unwrap_err();
         assert!(matches!(err, ConfineError::Cgroup { .. }), "{err}");

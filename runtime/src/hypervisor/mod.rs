@@ -6,6 +6,7 @@
 
 pub mod builtin;
 pub mod confine;
+pub mod jail;
 pub mod qemu;
 
 use std::fmt;
@@ -51,6 +52,15 @@ pub enum HypervisorError {
     /// Confining a VM process (its uid, limits, cgroup, logs) failed.
     #[error(transparent)]
     Confine(#[from] confine::ConfineError),
+    /// husk-vmm's jail could not be built.
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
+    /// husk-vmm could not be started in its jail (the failing step is in its log).
+    #[error("cannot start husk-vmm in its jail: {source}; the failing step is named in {log}")]
+    JailedStart {
+        log: PathBuf,
+        source: confine::ConfineError,
+    },
     /// Other I/O on the VM's state directory.
     #[error("{what}: {source}")]
     Io {
@@ -488,7 +498,7 @@ pub fn select(
     let ids = confine::HostIds::from_config(vm.host_ids)?;
     match choice {
         Backend::Builtin => {
-            let b = builtin::Builtin::detect()?;
+            let b = builtin::Builtin::detect(ids)?;
             let why = format!("--hypervisor builtin, {}", b.reason());
             Ok((Box::new(b), why))
         }
@@ -498,7 +508,7 @@ pub fn select(
             Ok((Box::new(q), why))
         }
         Backend::Auto => {
-            let not_builtin = match builtin::Builtin::detect() {
+            let not_builtin = match builtin::Builtin::detect(ids) {
                 Ok(b) => {
                     let why = format!("auto: hardware KVM, so builtin: {}", b.reason());
                     return Ok((Box::new(b), why));

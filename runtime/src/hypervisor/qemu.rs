@@ -189,6 +189,7 @@ fn launch(
         user,
         limits,
         cgroup,
+        jail: None,
     })?)
 }
 

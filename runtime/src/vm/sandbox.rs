@@ -818,6 +818,11 @@ fn release(
         }
     }
     share::release_share(state_dir, &record.folders)?;
+    // husk-vmm's jail: mount points only (its mounts went with the VMM's namespace).
+    crate::hypervisor::jail::remove(dir).map_err(io(format!(
+        "remove {}",
+        dir.join(crate::hypervisor::jail::JAIL_DIR).display()
+    )))?;
     remove_state_files(dir, keep).map_err(io(format!("remove {}", dir.display())))
 }
 
