@@ -64,6 +64,18 @@ pub fn husk_bin() -> PathBuf {
     path
 }
 
+/// The `husk-vmm` binary under test (target/release/husk-vmm, beside husk).
+pub fn husk_vmm_bin() -> PathBuf {
+    let path = husk_bin().with_file_name("husk-vmm");
+    if !path.is_file() {
+        panic!(
+            "husk-vmm binary {} not found; build it first with `make build`",
+            path.display()
+        );
+    }
+    path
+}
+
 /// A test assertion for libtest-mimic trials: `Err` with `message()` unless `condition`.
 pub fn check(
     condition: bool,

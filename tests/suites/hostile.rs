@@ -12,8 +12,13 @@
 //! mknodat, symlinkat, unlinkat, renameat and linkat, where an absolute name ignores
 //! the directory. Only a root that is the share (`--sandbox namespace`) stops those.
 //!
-//! Needs: root (virtiofsd runs as root, as under husk) and virtiofsd 1.14 in
-//! $HUSK_CACHE/bin or on PATH (`bash scripts/setup.sh`). It fails loudly without.
+//! A second case attacks husk-vmm's jail: husk-vmm started exactly as the builtin
+//! backend starts it, with a raw test guest, is inspected from /proc and probed from
+//! inside its mount namespace, as code that took over the VMM would be.
+//!
+//! Needs: root (virtiofsd runs as root, as under husk), virtiofsd 1.14 in
+//! $HUSK_CACHE/bin or on PATH (`bash scripts/setup.sh`), /dev/kvm (any kind: the raw
+//! guest runs on PVM too) and husk-vmm built. It fails loudly without.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -55,10 +60,16 @@ fn main() {
         )
     });
     let env = Arc::new(Env { virtiofsd });
-    let cases: Vec<husk_e2e::Case<Env>> = vec![(
-        "virtiofsd_refuses_names_outside_the_share",
-        virtiofsd_refuses_names_outside_the_share,
-    )];
+    let cases: Vec<husk_e2e::Case<Env>> = vec![
+        (
+            "virtiofsd_refuses_names_outside_the_share",
+            virtiofsd_refuses_names_outside_the_share,
+        ),
+        (
+            "husk_vmm_in_its_jail_reaches_nothing_of_the_host",
+            husk_vmm_in_its_jail_reaches_nothing_of_the_host,
+        ),
+    ];
     libtest_mimic::run(&args, husk_e2e::trials(&env, cases)).exit();
 }
 
@@ -711,4 +722,359 @@ fn check_confinement(
 fn on_procfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+}
+
+/// The capabilities husk-vmm's virtio-fs thread keeps: CHOWN, DAC_OVERRIDE, FOWNER,
+/// FSETID, SETGID, SETUID, MKNOD (vmm/src/caps.rs).
+const FS_WORKER_CAPS: u64 = 0x0800_00db;
+
+/// One `Key:` line of a /proc status file, its value trimmed.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The sorted names in a directory.
+fn names_in(dir: &Path) -> Result<Vec<String>, Failed> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("list {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// What a process with husk-vmm's mount namespace and root can reach: forked, it
+/// enters them (as code running in husk-vmm would be), optionally becomes `uid`, and
+/// tries `attacks`; each bit of the exit code says one attack *succeeded*. Only
+/// syscalls on C strings made before the fork run in the child.
+fn attack_from_inside(
+    pid: u32,
+    uid: Option<u32>,
+    attacks: &[(&std::ffi::CStr, bool)],
+) -> Result<i32, Failed> {
+    use std::os::fd::AsRawFd;
+    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .map_err(|e| format!("open husk-vmm's mount namespace: {e}"))?;
+    // SAFETY: fork in a test process; the child runs only async-signal-safe syscalls
+    // on data prepared before the fork, then _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error()).into()),
+        0 => {
+            // SAFETY: the forked child: setns, setresgid/setresuid, open, mkdir and
+            // _exit on valid C strings and descriptors only.
+            unsafe {
+                if libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+                    libc::_exit(100);
+                }
+                if let Some(id) = uid {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(id, id, id) != 0
+                        || libc::setresuid(id, id, id) != 0
+                    {
+                        libc::_exit(101);
+                    }
+                }
+                let mut reached = 0;
+                for (i, (path, write)) in attacks.iter().enumerate() {
+                    let ok = if *write {
+                        let fd = libc::open(
+                            path.as_ptr(),
+                            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
+                            0o644,
+                        );
+                        fd >= 0 || libc::mkdir(path.as_ptr(), 0o755) == 0
+                    } else {
+                        libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW) >= 0
+                    };
+                    if ok {
+                        reached |= 1 << i;
+                    }
+                }
+                libc::_exit(reached);
+            }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            if unsafe { libc::waitpid(child, &mut status, 0) } != child {
+                return Err("waitpid".into());
+            }
+            Ok(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// husk-vmm started as the builtin backend starts it (`husk_runtime::hypervisor::
+/// jail`: the jail built, namespaces and mounts made in the child, pivot in husk-vmm,
+/// threads switched to the sandbox's uid), with a spinning test guest, a virtio-fs
+/// share and a vsock socket. From /proc: its root holds only the jail; its mount,
+/// pid, network, IPC and UTS namespaces are its own; every thread runs as the
+/// sandbox's uid with no capabilities, but the one virtio-fs thread (uid 0, the
+/// file-ownership capabilities only); all have no_new_privs and seccomp. Then it is
+/// attacked from inside its namespaces, as code running in it would: a host canary,
+/// the state dir, /etc and /proc/sys are unreachable, and as the sandbox's uid it
+/// cannot write its root, the artifacts or the share's read-only top.
+fn husk_vmm_in_its_jail_reaches_nothing_of_the_host(_env: &Env) -> Result<(), Failed> {
+    use husk_runtime::hypervisor::confine::{self, HostIds, IdLease, Launch};
+    use husk_runtime::hypervisor::jail::{self, Jail, JailSources};
+    let deadline = Deadline::start();
+    let canaries = HostCanaries::plant();
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let state = work.path().join("state");
+    let shared = state.join("shared");
+    std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
+    std::fs::write(shared.join("hello"), "served").map_err(|e| e.to_string())?;
+    // Makes shared/ a read-only mount, as the runtime's share is at its top.
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(&shared)
+        .arg(&shared)
+        .status();
+    husk_e2e::check(bound.is_ok_and(|s| s.success()), || "bind the share".into())?;
+    let _unmount = Unmount(shared.clone());
+    let ro = Command::new("mount")
+        .args(["-o", "remount,bind,ro,nosuid,nodev"])
+        .arg(&shared)
+        .status();
+    husk_e2e::check(ro.is_ok_and(|s| s.success()), || {
+        "make the share read-only".into()
+    })?;
+    // The guest: `jmp $`, forever (raw 64-bit code: boots on any /dev/kvm).
+    let guest = work.path().join("spin.bin");
+    std::fs::write(&guest, [0xeb, 0xfe]).map_err(|e| e.to_string())?;
+    let initramfs = work.path().join("unused-initramfs");
+    std::fs::write(&initramfs, "").map_err(|e| e.to_string())?;
+    let ids = work.path().join("ids");
+    let range = HostIds::new([300_500, 300_520]).map_err(|e| e.to_string())?;
+    let lease = IdLease::take(&ids, range, &state).map_err(|e| e.to_string())?;
+    let uid = lease.id();
+    let jail = Jail::build(
+        &state,
+        &JailSources {
+            kvm: Path::new(jail::KVM_DEVICE),
+            kernel: &guest,
+            initramfs: &initramfs,
+            shared: &shared,
+            run: lease.run_dir(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let config = husk_vmm_config::VmmConfig {
+        machine: husk_vmm_config::MachineConfig {
+            raw64: Some("/kernel".into()),
+            memory_mib: 16,
+            run_as: Some(uid),
+            ..Default::default()
+        },
+        vsock: Some(husk_vmm_config::VsockConfig::new("/run/vsock.sock")),
+        fs: vec![husk_vmm_config::FsShare {
+            tag: "husk-shared".into(),
+            path: "/shared".into(),
+            cache: Default::default(),
+        }],
+        ..Default::default()
+    };
+    std::fs::write(
+        jail.config_file(),
+        config.to_json().map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    // As the builtin backend writes it: root's only.
+    std::fs::set_permissions(
+        jail.config_file(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())?;
+    let args = [
+        "--jail".to_string(),
+        jail.dir().display().to_string(),
+        "--config".to_string(),
+        jail::JAIL_CONFIG.to_string(),
+    ];
+    let program = husk_e2e::husk_vmm_bin();
+    let log = state.join("husk-vmm.log");
+    let launch = Launch {
+        program: &program,
+        args: &args,
+        dir: &state,
+        log: &log,
+        console: Some(&state.join("console.log")),
+        inherit: &[],
+        user: None,
+        limits: &confine::base_limits(16384),
+        cgroup: None,
+        jail: Some(&jail),
+    };
+    let child = confine::spawn(&launch).map_err(|e| e.to_string())?;
+    let mut vmm = KillOnDrop(child);
+    let pid = vmm.0.id();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Up once its socket is bound and every thread is confined.
+    let socket = lease.run_dir().join("vsock.sock");
+    let task_dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let statuses = || -> Vec<(String, String)> {
+        std::fs::read_dir(&task_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|t| {
+                        let comm =
+                            std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                        let status =
+                            std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                        (comm.trim().to_string(), status)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    loop {
+        if let Ok(Some(status)) = vmm.0.try_wait() {
+            return Err(
+                format!("husk-vmm exited with {status} in its jail: {}", log_text()).into(),
+            );
+        }
+        let threads = statuses();
+        let confined = threads.len() > 2
+            && threads
+                .iter()
+                .all(|(_, s)| status_field(s, "Seccomp:") == "2");
+        if socket.exists() && confined {
+            break;
+        }
+        deadline.check("husk-vmm came up in its jail")?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let root = names_in(&PathBuf::from(format!("/proc/{pid}/root")))?;
+    husk_e2e::check(
+        root == [
+            "dev",
+            "initramfs",
+            "kernel",
+            "proc",
+            "run",
+            "shared",
+            "vm.json",
+        ],
+        || format!("husk-vmm's root holds {root:?}, not only its jail"),
+    )?;
+    let procs = names_in(&PathBuf::from(format!("/proc/{pid}/root/proc")))?;
+    husk_e2e::check(
+        procs
+            .iter()
+            .all(|n| ["1", "self", "thread-self"].contains(&n.as_str())),
+        || format!("the jail's /proc shows more than husk-vmm itself (pid 1): {procs:?}"),
+    )?;
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        let theirs =
+            std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).map_err(|e| e.to_string())?;
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).map_err(|e| e.to_string())?;
+        husk_e2e::check(theirs != ours, || {
+            format!("husk-vmm shares the host's {ns} namespace ({ours:?})")
+        })?;
+    }
+    let threads = statuses();
+    let mut root_threads = Vec::new();
+    for (comm, status) in &threads {
+        let uids = status_field(status, "Uid:");
+        let cap_eff = u64::from_str_radix(&status_field(status, "CapEff:"), 16).unwrap_or(u64::MAX);
+        let cap_prm = u64::from_str_radix(&status_field(status, "CapPrm:"), 16).unwrap_or(u64::MAX);
+        husk_e2e::check(status_field(status, "NoNewPrivs:") == "1", || {
+            format!("thread {comm}: no no_new_privs")
+        })?;
+        if uids == "0\t0\t0\t0" || uids == "0 0 0 0" {
+            root_threads.push(comm.clone());
+            husk_e2e::check(
+                cap_eff & !FS_WORKER_CAPS == 0 && cap_prm & !FS_WORKER_CAPS == 0,
+                || {
+                    format!("root thread {comm} keeps capabilities {cap_eff:#x} beyond the file-ownership ones")
+                },
+            )?;
+        } else {
+            let want = format!("{uid}\t{uid}\t{uid}\t{uid}");
+            husk_e2e::check(uids == want, || {
+                format!("thread {comm} runs as {uids:?}, not the sandbox's uid {uid}")
+            })?;
+            husk_e2e::check(cap_eff == 0 && cap_prm == 0, || {
+                format!("thread {comm} keeps capabilities {cap_eff:#x}/{cap_prm:#x}")
+            })?;
+        }
+    }
+    husk_e2e::check(root_threads.len() == 1, || {
+        format!(
+            "want one uid-0 thread (virtio-fs), got {root_threads:?} of {:?}",
+            threads.iter().map(|t| &t.0).collect::<Vec<_>>()
+        )
+    })?;
+    // The attacks, from inside its mount namespace and root. Paths are in the jail.
+    let canary =
+        std::ffi::CString::new(canaries.victim_file.as_os_str().as_encoded_bytes()).unwrap();
+    let etc = std::ffi::CString::new(canaries.etc_file.as_os_str().as_encoded_bytes()).unwrap();
+    let state_marker =
+        std::ffi::CString::new(state.join("husk-vmm.log").as_os_str().as_encoded_bytes()).unwrap();
+    let as_root: Vec<(&std::ffi::CStr, bool)> = vec![
+        (&canary, false),
+        (&etc, false),
+        (&state_marker, false),
+        (c"/../../etc/passwd", false),
+        (c"/proc/1/root/../etc/passwd", false),
+        (c"/proc/sys/kernel/hostname", false),
+        (c"/proc/sysrq-trigger", true),
+        (c"/new-file-in-the-jail-root", true),
+        (c"/kernel", true),
+        (c"/shared/new-file", true),
+    ];
+    let reached = attack_from_inside(pid, None, &as_root)?;
+    husk_e2e::check(reached == 0, || {
+        let which: Vec<_> = as_root
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| reached & (1 << i) != 0)
+            .map(|(_, a)| a.0)
+            .collect();
+        format!("from inside husk-vmm's jail, root reached {which:?} (exit {reached})")
+    })?;
+    // As the uid its threads run as: the run dir is its own (so the attack harness
+    // works), and nothing else.
+    let as_sandbox: Vec<(&std::ffi::CStr, bool)> = vec![
+        (c"/run/made-by-the-vmm", true),
+        (c"/shared/hello", false),
+        (c"/vm.json", false),
+        (c"/dev/kvm-new", true),
+    ];
+    let reached = attack_from_inside(pid, Some(uid), &as_sandbox)?;
+    husk_e2e::check(reached == 0b011, || {
+        format!("as uid {uid} inside the jail: want the run dir writable and the share readable only (0b011), got {reached:#b}")
+    })?;
+    husk_e2e::check(canaries.damage().is_empty(), || {
+        format!("{:?}", canaries.damage())
+    })?;
+    drop(vmm);
+    drop(lease);
+    jail::remove(&state).map_err(|e| format!("remove the jail: {e}"))?;
+    husk_e2e::check(!jail.dir().exists(), || "the jail is left".into())?;
+    Ok(())
+}
+
+/// Kills and reaps a child on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Detaches a mount on drop.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

@@ -354,6 +354,36 @@ stage_agent() {
     echo "AGENT-HOST-FILE=$(cat /shared/hello/rootfs/from-guest.txt 2>&1)"
 }
 
+# The jail of the husk-vmm that `husk run` starts (docs/security.md), from /proc: its
+# root, its namespaces, its threads' uids (one uid-0 thread, virtio-fs; the others
+# the sandbox's uid).
+jail_check() {
+    pid=
+    for _ in $(seq 900); do
+        for c in /proc/[0-9]*/comm; do
+            [ "$(cat $c 2>/dev/null)" = husk-vmm ] && { pid=${c#/proc/}; pid=${pid%/comm}; break; }
+        done
+        [ -n "$pid" ] && [ -S /proc/$pid/root/run/vsock.sock ] && break
+        pid=
+        sleep 0.2
+    done
+    [ -n "$pid" ] || { echo "VMM-JAIL: no jailed husk-vmm process"; return; }
+    # Its threads confine themselves as they start.
+    sleep 3
+    echo "VMM-JAIL-ROOT $(ls /proc/$pid/root | tr '\n' ' ')end"
+    shared=""
+    for ns in mnt pid net ipc uts; do
+        [ "$(readlink /proc/$pid/ns/$ns)" != "$(readlink /proc/1/ns/$ns)" ] || shared="$shared $ns"
+    done
+    echo "VMM-JAIL-NS-SHARED-WITH-HOST ${shared:-none}"
+    root=0
+    for t in /proc/$pid/task/*; do
+        [ "$(awk '/^Uid:/ {print $2}' $t/status)" = 0 ] && root=$((root + 1))
+    done
+    echo "VMM-JAIL-ROOT-THREADS $root end"
+    echo "VMM-JAIL-UIDS $(awk '/^Uid:/ {print $2}' /proc/$pid/task/*/status | sort -u | tr '\n' ' ')end"
+}
+
 # 3. The runtime's builtin backend end to end, with the container's network namespace
 #    prepared as a CNI plugin would: eth0 in /run/netns/pod, its peer veth-p here with
 #    a nc server that answers from-the-peer.
@@ -371,9 +401,12 @@ stage_run() {
     echo "HUSK-RUN-START uptime $(up)"
     stream husk-run /tmp/husk-run.err
     stream husk-console "/run/husk/*/console.log /run/husk/*/*/console.log"
+    jail_check &
+    jailcheck=$!
     HUSK_CACHE=/cache timeout 300 /husk --root /run/husk --debug --isolation vm \
         --hypervisor auto run -b /bundle husk-vm-$ITER >/tmp/husk-run.out 2>>/tmp/husk-run.err
     echo "HUSK-RUN-EXIT=$? uptime $(up)"
+    wait $jailcheck
     stop_streams
     sed 's/^/HUSK-RUN-STDOUT=/' /tmp/husk-run.out
     echo "HUSK-POD-MAC=$POD_MAC"
@@ -419,6 +452,8 @@ if [ $VSOCK = 1 ]; then
     MARKERS[run]+=" NESTED-POD-NETNS-UP HUSK-RUN-NET-SAME-MAC-MTU HUSK-RUN-STDOUT=from-the-peer"
     MARKERS[run]+=" HUSK-PEER-GOT=from-the-vm HUSK-NET-LEFTOVER=none"
     MARKERS[run]+=" husk-run:.husk:.vm.isolation.with.builtin"
+    MARKERS[run]+=" VMM-JAIL-ROOT.dev.initramfs.kernel.proc.run.shared.vm.json.end"
+    MARKERS[run]+=" VMM-JAIL-NS-SHARED-WITH-HOST.none VMM-JAIL-ROOT-THREADS.1.end VMM-JAIL-UIDS.0.2[0-9]*.end"
 fi
 
 # L1's CPU as QEMU sees it, for a stalled run: where it is (L1's kernel or the L2
@@ -560,6 +595,6 @@ if [ $fail -ne 0 ]; then
     cat "$LOG"
     exit 1
 fi
-grep -E "NESTED-HOST-READY|HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-PING|VMM-THREAD-CAPS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|HUSK-POD|HUSK-PEER|HUSK-NET|NESTED-POD|husk-run: husk: vm isolation" "$LOG" |
+grep -E "NESTED-HOST-READY|HUSK-GUEST-BOOTED|HUSK-GUEST-CPUS|HUSK-GUEST-PING|VMM-THREAD-CAPS|HUSK-GUEST-DONE|HUSK-VMM-EXIT|AGENT-|husk-agent ready|agent-probe: agent_probe: (health|container)|HUSK-RUN|HUSK-POD|HUSK-PEER|HUSK-NET|NESTED-POD|VMM-JAIL|husk-run: husk: vm isolation" "$LOG" |
     sed 's/^/test-vmm-nested: /'
 say "passed"
