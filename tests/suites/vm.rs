@@ -1164,6 +1164,42 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                     && out.stdout.contains("vm isolation:       usable"),
                 || format!("husk check: {out:?}"),
             )?;
+            // What the chosen backend (qemu here) needs is listed plainly; husk-vmm, which
+            // only builtin runs, is marked so and never makes vm isolation unusable.
+            let line = |name: &str| {
+                out.stdout
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{name}:")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            for needed in ["virtiofsd", "vhost-device-vsock"] {
+                husk.expect(
+                    !line(needed).is_empty() && !line(needed).contains("only the"),
+                    || format!("husk check must list {needed} as needed by qemu: {out:?}"),
+                )?;
+            }
+            husk.expect(
+                line("husk-vmm").contains("(only the builtin backend needs it)"),
+                || format!("husk check must mark husk-vmm as builtin's: {out:?}"),
+            )?;
+            // builtin, asked for: usable with hardware KVM (husk-vmm is built beside
+            // husk); elsewhere (PVM here) not, and why.
+            let out = husk.husk(&["--hypervisor", "builtin", "check"]);
+            if husk_runtime::hypervisor::detect_kvm().usable() {
+                husk.expect(
+                    out.code == 0 && out.stdout.contains("backend:            builtin with kvm"),
+                    || format!("husk --hypervisor builtin check on hardware KVM: {out:?}"),
+                )?;
+            } else {
+                husk.expect(
+                    out.code == 1
+                        && out.stdout.contains("backend:            none (")
+                        && out.stdout.contains("needs hardware virtualization")
+                        && out.stdout.contains("NOT usable"),
+                    || format!("husk --hypervisor builtin check without hardware KVM: {out:?}"),
+                )?;
+            }
             let missing = Husk::with_vm_config(env, "[vm]\nkernel = \"/nonexistent/vmlinux\"\n");
             let out = missing.husk(&["check"]);
             husk.expect(out.code == 1 && out.stdout.contains("NOT usable"), || {

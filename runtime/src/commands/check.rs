@@ -1,36 +1,76 @@
-//! `husk check`: what this host can do for vm isolation, and which backend `auto` picks.
+//! `husk check`: what this host can do for vm isolation, which backend `--hypervisor`
+//! (default `auto`) picks, and whether what that backend needs is here. Programs only
+//! the other backend needs are listed as such and never make vm isolation unusable.
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::hypervisor::{self, qemu, GuestArtifacts};
+use husk_runtime::hypervisor::{self, builtin, qemu, GuestArtifacts};
 
 use super::GlobalOpts;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
 
+/// A program a backend runs, where it was found.
+struct Program {
+    name: &'static str,
+    path: Option<PathBuf>,
+    backend: &'static str,
+}
+
+/// Every program of both backends.
+fn programs() -> Vec<Program> {
+    let mut all = vec![Program {
+        name: builtin::HUSK_VMM,
+        path: builtin::find_vmm(),
+        backend: "builtin",
+    }];
+    all.extend(qemu::programs().into_iter().map(|(name, path)| Program {
+        name,
+        path,
+        backend: "qemu",
+    }));
+    all
+}
+
+/// One program's line; `needed` says whether the chosen backend runs it.
+fn program_line(p: &Program, needed: bool) -> String {
+    let label = format!("{}:", p.name);
+    let found = match &p.path {
+        Some(path) => {
+            let version = if p.name == "qemu-system-x86_64" {
+                qemu::Qemu::version(path)
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            format!("{}{version}", path.display())
+        }
+        None => "not found".to_string(),
+    };
+    if needed {
+        format!("{label:<20}{found}")
+    } else {
+        format!("{label:<20}{found} (only the {} backend needs it)", p.backend)
+    }
+}
+
 pub fn run(_args: CheckArgs, global: &GlobalOpts) -> Result<i32> {
     let config = global.load_config()?;
     let mut problems: Vec<String> = Vec::new();
     let kvm = hypervisor::detect_kvm();
     println!("kvm:                {kvm}");
-    for (name, path) in qemu::programs() {
-        let label = format!("{name}:");
-        match path {
-            Some(path) => {
-                let version = if name == "qemu-system-x86_64" {
-                    qemu::Qemu::version(&path)
-                        .map(|v| format!(" ({v})"))
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                println!("{label:<20}{}{version}", path.display());
-            }
-            None => {
-                println!("{label:<20}not found");
-                problems.push(format!("{name} not found"));
-            }
+    let chosen = hypervisor::select(global.hypervisor.backend(), &config.vm);
+    // With no backend chosen, every program counts: the reason may be one of them.
+    let backend = chosen.as_ref().ok().map(|(hv, _)| hv.name());
+    for p in programs() {
+        let needed = backend.is_none_or(|b| b == p.backend);
+        println!("{}", program_line(&p, needed));
+        if needed && p.path.is_none() && backend.is_some() {
+            problems.push(format!("{} not found", p.name));
         }
     }
     match GuestArtifacts::find(&config.vm) {
@@ -44,7 +84,7 @@ pub fn run(_args: CheckArgs, global: &GlobalOpts) -> Result<i32> {
         }
     }
     println!("cgroups:            {}", hypervisor::cgroup_version());
-    match hypervisor::select(global.hypervisor.backend(), &config.vm) {
+    match &chosen {
         Ok((hv, why)) => println!(
             "backend:            {} with {} ({why})",
             hv.name(),
@@ -52,10 +92,7 @@ pub fn run(_args: CheckArgs, global: &GlobalOpts) -> Result<i32> {
         ),
         Err(e) => {
             println!("backend:            none ({e})");
-            // A missing program is already listed above.
-            if !matches!(e, hypervisor::HypervisorError::MissingProgram { .. }) {
-                problems.push(e.to_string());
-            }
+            problems.push(e.to_string());
         }
     }
     if problems.is_empty() {
