@@ -3,6 +3,7 @@
 //! services through this crate without a VM.
 
 pub mod container;
+pub mod error_log;
 pub mod init;
 pub mod network;
 pub mod oom;

@@ -3,10 +3,11 @@
 //! Unix socket for tests: `husk-agent --listen unix:///path/agent.sock`.
 
 use anyhow::Context;
-use husk_agent::{container, init, oom, reaper, service};
+use husk_agent::{container, error_log, init, oom, reaper, service};
 use husk_agent_protocol::agent_ttrpc;
 use std::path::Path;
 use std::sync::Arc;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 const USAGE: &str = "usage: husk-agent [--listen vsock://-1:1024 | unix:///path]";
 
@@ -21,12 +22,24 @@ fn main() {
             eprintln!("husk-agent: {e}");
         }
     }
-    tracing_subscriber::fmt()
+    // ERROR lines also go to the error log, which a failed call quotes (error_log.rs);
+    // without it (no writable /run) they only reach the console.
+    let errors = error_log::open(Path::new(error_log::ERROR_LOG));
+    let builder = tracing_subscriber::fmt()
         .with_ansi(false)
         .without_time()
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_target(false);
+    match &errors {
+        Ok(file) => builder
+            .with_writer(
+                std::io::stderr.and(Arc::clone(file).with_max_level(tracing::Level::ERROR)),
+            )
+            .init(),
+        Err(_) => builder.with_writer(std::io::stderr).init(),
+    }
+    if let Err(e) = errors {
+        tracing::warn!("{e}: failed calls will not quote the guest's error log");
+    }
 
     let listen = match parse_args(std::env::args().skip(1)) {
         Ok(l) => l,

@@ -17,22 +17,24 @@ fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
 }
 
+/// The status code for a container error.
+fn container_error_code(e: &ContainerError) -> Code {
+    match e {
+        ContainerError::Invalid(_) | ContainerError::Json { .. } => Code::INVALID_ARGUMENT,
+        ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
+        ContainerError::Exists(_) => Code::ALREADY_EXISTS,
+        ContainerError::NotFound(_) => Code::NOT_FOUND,
+        ContainerError::NoStream { .. } | ContainerError::NoProcess(_) => Code::FAILED_PRECONDITION,
+        ContainerError::Io { .. }
+        | ContainerError::Tty(_)
+        | ContainerError::Cgroup(_)
+        | ContainerError::Libcontainer(_) => Code::INTERNAL,
+    }
+}
+
 impl From<ContainerError> for ttrpc::Error {
     fn from(e: ContainerError) -> Self {
-        let code = match &e {
-            ContainerError::Invalid(_) | ContainerError::Json { .. } => Code::INVALID_ARGUMENT,
-            ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
-            ContainerError::Exists(_) => Code::ALREADY_EXISTS,
-            ContainerError::NotFound(_) => Code::NOT_FOUND,
-            ContainerError::NoStream { .. } | ContainerError::NoProcess(_) => {
-                Code::FAILED_PRECONDITION
-            }
-            ContainerError::Io { .. }
-            | ContainerError::Tty(_)
-            | ContainerError::Cgroup(_)
-            | ContainerError::Libcontainer(_) => Code::INTERNAL,
-        };
-        status(code, e)
+        status(container_error_code(&e), e)
     }
 }
 
@@ -120,7 +122,13 @@ impl AgentService {
             &req.rootfs,
             req.stdin,
         )?;
-        self.containers.create(params)?;
+        // libcontainer's init logs the cause of a failed create and returns only a
+        // summary: the error carries what the guest logged meanwhile.
+        let mark = crate::error_log::mark();
+        self.containers.create(params).map_err(|e| {
+            let message = crate::error_log::with_cause(crate::error_log::chain(&e), mark);
+            status(container_error_code(&e), message)
+        })?;
         Ok(())
     }
 

@@ -1149,6 +1149,46 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             }
             Ok(())
         }),
+        ("a_guest_error_reaches_the_user_with_its_cause", |env| {
+            // libcontainer's init in the guest logs why a create failed and sends back
+            // only a summary; the user must see the cause, as container isolation
+            // prints it. Each spec fails in a different place.
+            let husk = Husk::new(env);
+            let bad_mount = {
+                let mut b = husk.bundle(&["true"]);
+                b.config["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+                    "destination": "/mnt/husk-bad-tmpfs",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["size=bogus"],
+                }));
+                b.write();
+                b
+            };
+            let missing_binary = husk.bundle(&["/no/such/husk-binary"]);
+            let cpuset = {
+                let mut b = husk.bundle(&["true"]);
+                b.config["linux"]["resources"] = serde_json::json!({"cpu": {"cpus": "0-63"}});
+                b.write();
+                b
+            };
+            let cases: [(&str, &Bundle, &[&str]); 3] = [
+                ("vm-bad-mount", &bad_mount, &["/mnt/husk-bad-tmpfs", "EINVAL"]),
+                ("vm-no-binary", &missing_binary, &["/no/such/husk-binary", "not found"]),
+                ("vm-cpuset", &cpuset, &["cpuset.cpus", "0-63"]),
+            ];
+            for (name, bundle, causes) in cases {
+                let id = unique(name);
+                let out = husk.run_bundle(&id, bundle);
+                husk.expect(
+                    out.code != 0 && causes.iter().all(|c| out.stderr.contains(c)),
+                    || format!("{name}: the error must name {causes:?}: {out:?}"),
+                )?;
+                husk.husk(&["delete", "--force", &id]);
+                husk.assert_clean(&id)?;
+            }
+            Ok(())
+        }),
         ("check_reports_the_host", |env| {
             let husk = Husk::new(env);
             let out = husk.husk(&["check"]);
