@@ -89,7 +89,8 @@ impl Deadline {
 }
 
 /// Host files and directories outside the share that a confined virtiofsd cannot
-/// touch: `/tmp/husk-canary-<pid>/{victim,victim-dir}` and `/etc/husk-canary-<pid>`.
+/// touch: `/tmp/husk-canary-<pid>-<case>/{victim,victim-dir}` and
+/// `/etc/husk-canary-<pid>-<case>`.
 /// Everything they and the attacks may create is removed on drop.
 struct HostCanaries {
     name: String,
@@ -103,8 +104,10 @@ struct HostCanaries {
 }
 
 impl HostCanaries {
-    fn plant() -> Self {
-        let name = format!("husk-canary-{}", std::process::id());
+    /// Plants canaries named for this process and `case` (cases run in parallel,
+    /// each with its own).
+    fn plant(case: &str) -> Self {
+        let name = format!("husk-canary-{}-{case}", std::process::id());
         let dir = Path::new("/tmp").join(&name);
         let canaries = Self {
             victim_file: dir.join("victim"),
@@ -491,7 +494,7 @@ fn virtiofsd_refuses_names_outside_the_share(env: &Env) -> Result<(), Failed> {
     std::fs::create_dir(share.path().join("subdir")).unwrap();
     std::fs::write(share.path().join("rename-me"), "in the share\n").unwrap();
     std::fs::write(share.path().join("link-source"), "in the share\n").unwrap();
-    let canaries = HostCanaries::plant();
+    let canaries = HostCanaries::plant("fuse");
     let virtiofsd = VirtiofsdUnderAttack::spawn(&env.virtiofsd, share.path())?;
     let session = FuseSession::connect(&virtiofsd.socket(), REQUEST_TIMEOUT)
         .map_err(|e| virtiofsd.fail(format!("vhost-user setup or FUSE_INIT failed: {e}")))?;
@@ -823,7 +826,7 @@ fn husk_vmm_in_its_jail_reaches_nothing_of_the_host(_env: &Env) -> Result<(), Fa
     use husk_runtime::hypervisor::confine::{self, HostIds, IdLease, Launch};
     use husk_runtime::hypervisor::jail::{self, Jail, JailSources};
     let deadline = Deadline::start();
-    let canaries = HostCanaries::plant();
+    let canaries = HostCanaries::plant("jail");
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let state = work.path().join("state");
     let shared = state.join("shared");

@@ -1156,12 +1156,15 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             let husk = Husk::new(env);
             let bad_mount = {
                 let mut b = husk.bundle(&["true"]);
-                b.config["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-                    "destination": "/mnt/husk-bad-tmpfs",
-                    "type": "tmpfs",
-                    "source": "tmpfs",
-                    "options": ["size=bogus"],
-                }));
+                b.config["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({
+                        "destination": "/mnt/husk-bad-tmpfs",
+                        "type": "tmpfs",
+                        "source": "tmpfs",
+                        "options": ["size=bogus"],
+                    }));
                 b.write();
                 b
             };
@@ -1173,8 +1176,16 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 b
             };
             let cases: [(&str, &Bundle, &[&str]); 3] = [
-                ("vm-bad-mount", &bad_mount, &["/mnt/husk-bad-tmpfs", "EINVAL"]),
-                ("vm-no-binary", &missing_binary, &["/no/such/husk-binary", "not found"]),
+                (
+                    "vm-bad-mount",
+                    &bad_mount,
+                    &["/mnt/husk-bad-tmpfs", "EINVAL"],
+                ),
+                (
+                    "vm-no-binary",
+                    &missing_binary,
+                    &["/no/such/husk-binary", "not found"],
+                ),
                 ("vm-cpuset", &cpuset, &["cpuset.cpus", "0-63"]),
             ];
             for (name, bundle, causes) in cases {
