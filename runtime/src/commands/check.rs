@@ -54,7 +54,10 @@ fn program_line(p: &Program, needed: bool) -> String {
     if needed {
         format!("{label:<20}{found}")
     } else {
-        format!("{label:<20}{found} (only the {} backend needs it)", p.backend)
+        format!(
+            "{label:<20}{found} (only the {} backend needs it)",
+            p.backend
+        )
     }
 }
 
