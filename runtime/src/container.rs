@@ -6,6 +6,7 @@
 //! reached over the sandbox's vsock socket (the supervisor owns the VM itself).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use libcontainer::container::ContainerStatus;
@@ -163,7 +164,32 @@ impl VmContainer {
     fn agent(&self) -> Result<std::sync::Arc<dyn Agent>, ContainerError> {
         Ok(sandbox::connect_agent(&self.dir)?)
     }
+
+    /// Waits up to `limit` for the supervisor to record the container stopped. A
+    /// SIGKILL cannot be caught, but in vm isolation its effect reaches the host
+    /// through the agent a moment later; runc's `kill` then `delete` works at once,
+    /// and so must ours. Past the limit the kill has still been delivered.
+    fn wait_stopped(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match state::load(&self.dir, &self.state.id) {
+                Ok(now) => {
+                    self.state = now;
+                    if self.state.effective_status() == VmStatus::Stopped {
+                        return;
+                    }
+                }
+                // Deleted meanwhile (an engine's delete): nothing to wait for.
+                Err(_) => return,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!(id = %self.state.id, ?limit, "killed, but not yet recorded stopped");
+    }
 }
+
+/// How long `kill -s KILL` of a running vm container waits for it to be stopped.
+const KILL_SETTLE: Duration = Duration::from_secs(10);
 
 /// A container of either isolation.
 pub enum Container {
@@ -254,10 +280,14 @@ impl Container {
                 c.kill(signal, all)
                     .map_err(|e| SharedKernelError::libcontainer(&id, &e))?;
             }
-            Container::Vm(vm) => vm
-                .agent()?
-                .signal_process(&ProcessAddr::init(&vm.state.guest_id), signal as i32, all)
-                .map_err(SandboxError::from)?,
+            Container::Vm(vm) => {
+                vm.agent()?
+                    .signal_process(&ProcessAddr::init(&vm.state.guest_id), signal as i32, all)
+                    .map_err(SandboxError::from)?;
+                if signal == Signal::SIGKILL && vm.status() == Status::Running {
+                    vm.wait_stopped(KILL_SETTLE);
+                }
+            }
         }
         Ok(())
     }

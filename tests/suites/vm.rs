@@ -1149,6 +1149,29 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             }
             Ok(())
         }),
+        ("kill_then_delete_never_races", |env| {
+            // As with runc: `kill -s KILL` then `delete` at once, no state poll in
+            // between; each round must delete and leave nothing.
+            let husk = Husk::new(env);
+            let bundle = husk.bundle(&["sh", "-c", "echo ready; sleep 100"]);
+            for round in 0..3 {
+                let id = unique(&format!("vm-kill-delete-{round}"));
+                let (pid, _) = husk.create_and_start(&id, &bundle)?;
+                let killed = husk.husk(&["kill", &id, "KILL"]);
+                husk.expect(killed.code == 0, || format!("kill: {killed:?}"))?;
+                let state = husk.state(&id);
+                husk.expect(state["status"] == "stopped", || {
+                    format!("round {round}: state right after kill -s KILL: {state}")
+                })?;
+                let deleted = husk.husk(&["delete", &id]);
+                husk.expect(deleted.code == 0, || {
+                    format!("round {round}: delete right after kill: {deleted:?}")
+                })?;
+                reap(pid);
+                husk.assert_clean(&id)?;
+            }
+            Ok(())
+        }),
         ("a_guest_error_reaches_the_user_with_its_cause", |env| {
             // libcontainer's init in the guest logs why a create failed and sends back
             // only a summary; the user must see the cause, as container isolation
