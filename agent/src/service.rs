@@ -199,11 +199,15 @@ impl agent_ttrpc::Agent for AgentService {
             let dir = self.containers.paths().shared.clone();
             std::fs::create_dir_all(&dir)
                 .map_err(|e| status(Code::INTERNAL, format!("mkdir {}: {e}", dir.display())))?;
+            // No nosuid or nodev here: the containers' volumes are binds of this
+            // mount and must carry only the flags their spec asks for, as in
+            // container isolation. (The host's side of the share is nosuid and
+            // nodev: that is what protects the host.)
             nix::mount::mount(
                 Some(req.shared_fs_tag.as_str()),
                 &dir,
                 Some("virtiofs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                nix::mount::MsFlags::empty(),
                 None::<&str>,
             )
             .map_err(|e| {

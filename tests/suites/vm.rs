@@ -1149,6 +1149,98 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
             }
             Ok(())
         }),
+        (
+            "the_container_sees_the_same_spec_applied_in_both_isolations",
+            |env| {
+                // One spec, run in container and in vm isolation: everything of it the
+                // process can observe from inside (identity, capabilities, limits,
+                // environment, hostname, the options of each of its mounts) must read the
+                // same. The rootfs and volume sources necessarily differ (an overlay and
+                // virtio-fs in the guest), so mounts compare by their per-mount options.
+                let husk = Husk::new(env);
+                let rw = husk.dir.path().join("vol-rw");
+                let ro = husk.dir.path().join("vol-ro");
+                for d in [&rw, &ro] {
+                    std::fs::create_dir_all(d).unwrap();
+                }
+                let script = r#"
+                for d in /mnt/rw /mnt/ro /mnt/tmp; do
+                    awk -v d=$d '$5 == d {print "mount", d, $6}' /proc/self/mountinfo
+                done
+                grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
+                echo "id $(id)"
+                echo "umask $(umask)"
+                echo "nofile $(ulimit -n)"
+                echo "oom $(cat /proc/self/oom_score_adj)"
+                echo "hostname $(hostname)"
+                echo "cwd $(pwd)"
+                echo "env $SPEC_VAR"
+                awk '$5 == "/mnt/tmp" {print "tmpfs", $NF}' /proc/self/mountinfo | tr , '
+' | grep -E 'size|mode' | sort | tr '
+' ' '
+                echo
+            "#;
+                let mut bundle = husk.bundle(&["sh", "-c", script]);
+                let c = &mut bundle.config;
+                c["hostname"] = serde_json::json!("conformance");
+                c["process"]["cwd"] = serde_json::json!("/tmp");
+                c["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!("SPEC_VAR=from-the-spec"));
+                c["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 23});
+                c["process"]["rlimits"] =
+                    serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1234}]);
+                c["process"]["oomScoreAdj"] = serde_json::json!(123);
+                c["process"]["noNewPrivileges"] = serde_json::json!(true);
+                let caps = serde_json::json!(["CAP_CHOWN", "CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+                for set in ["bounding", "effective", "permitted"] {
+                    c["process"]["capabilities"][set] = caps.clone();
+                }
+                c["process"]["capabilities"]["inheritable"] = serde_json::json!([]);
+                c["process"]["capabilities"]["ambient"] = serde_json::json!([]);
+                let mounts = c["mounts"].as_array_mut().unwrap();
+                mounts.push(serde_json::json!({"destination": "/mnt/rw", "type": "bind", "source": rw, "options": ["rbind", "rw"]}));
+                mounts.push(serde_json::json!({"destination": "/mnt/ro", "type": "bind", "source": ro, "options": ["rbind", "ro", "nosuid"]}));
+                mounts.push(serde_json::json!({"destination": "/mnt/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "size=1m", "mode=1770"]}));
+                bundle.write();
+                let mut seen = Vec::new();
+                for isolation in ["container", "vm"] {
+                    let id = unique(&format!("conf-{isolation}"));
+                    let out = husk.husk(&[
+                        "--isolation",
+                        isolation,
+                        "run",
+                        "--bundle",
+                        bundle.path().to_str().unwrap(),
+                        &id,
+                    ]);
+                    husk.expect(
+                        out.code == 0 && out.stdout.contains("mount /mnt/tmp"),
+                        || format!("{isolation} isolation run: {out:?}"),
+                    )?;
+                    husk.husk(&["delete", "--force", &id]);
+                    seen.push(out.stdout);
+                }
+                let differ: Vec<String> = seen[0]
+                    .lines()
+                    .zip(seen[1].lines())
+                    .filter(|(a, b)| a != b)
+                    .map(|(a, b)| format!("container: {a:?}\n       vm: {b:?}"))
+                    .collect();
+                husk.expect(
+                differ.is_empty() && seen[0].lines().count() == seen[1].lines().count(),
+                || {
+                    format!(
+                        "the spec reads differently in vm isolation:\n{}\n--- container\n{}--- vm\n{}",
+                        differ.join("\n"),
+                        seen[0],
+                        seen[1]
+                    )
+                },
+            )
+            },
+        ),
         ("kill_then_delete_never_races", |env| {
             // As with runc: `kill -s KILL` then `delete` at once, no state poll in
             // between; each round must delete and leave nothing.
