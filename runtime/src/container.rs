@@ -264,6 +264,18 @@ impl Container {
                         s.status = VmStatus::Running;
                     }
                 })?;
+                let st = &vm.state;
+                sandbox::run_post_hooks(
+                    "poststart",
+                    &st.post_hooks.poststart,
+                    &sandbox::HookSubject {
+                        id: &st.id,
+                        bundle: &st.bundle,
+                        annotations: st.annotations.as_ref(),
+                        status: ContainerStatus::Running,
+                        pid: Some(st.supervisor_pid),
+                    },
+                );
             }
         }
         Ok(())
@@ -303,7 +315,21 @@ impl Container {
                     .map_err(|e| SharedKernelError::libcontainer(&id, &e))?;
             }
             // A created container has nothing to lose; a running one only with --force.
-            Container::Vm(vm) => sandbox::teardown_dir(&vm.dir, &vm.state.id, true)?,
+            Container::Vm(vm) => {
+                sandbox::teardown_dir(&vm.dir, &vm.state.id, true)?;
+                let st = &vm.state;
+                sandbox::run_post_hooks(
+                    "poststop",
+                    &st.post_hooks.poststop,
+                    &sandbox::HookSubject {
+                        id: &st.id,
+                        bundle: &st.bundle,
+                        annotations: st.annotations.as_ref(),
+                        status: ContainerStatus::Stopped,
+                        pid: None,
+                    },
+                );
+            }
         }
         Ok(())
     }

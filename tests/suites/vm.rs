@@ -1120,6 +1120,75 @@ fn cases() -> Vec<husk_e2e::Case<Env>> {
                 husk.assert_clean(&id)
             },
         ),
+        ("every_hook_kind_runs_where_the_spec_places_it", |env| {
+            // Host hooks record their kind and the state on stdin in a host file, in
+            // order; startContainer runs in the container's namespaces in the guest
+            // (its path is the container's /bin/sh) and leaves a file the container
+            // reads. Foreground `run` (poststop as it deletes), then create/start/
+            // delete, where `start` and `delete` run poststart and poststop.
+            let husk = Husk::new(env);
+            let seen = husk.dir.path().join("all-hooks.log");
+            let record = |kind: &str| {
+                serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c",
+                format!("echo {kind} $(cat) >> {}", seen.display())]}])
+            };
+            let mut bundle = husk.bundle(&[
+                "sh",
+                "-c",
+                "echo in-container $(cat /tmp/start-container-ran); echo ready; sleep 1",
+            ]);
+            bundle.config["hooks"] = serde_json::json!({
+                "prestart": record("prestart"),
+                "createRuntime": record("createRuntime"),
+                "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo yes > /tmp/start-container-ran"]}],
+                "poststart": record("poststart"),
+                "poststop": record("poststop"),
+            });
+            bundle.write();
+            let check_log = |what: &str, id: &str| -> Result<(), Failed> {
+                let log = std::fs::read_to_string(&seen).unwrap_or_default();
+                let kinds: Vec<&str> = log.lines().filter_map(|l| l.split(' ').next()).collect();
+                let status = |kind: &str| {
+                    log.lines()
+                        .find(|l| l.starts_with(&format!("{kind} ")) && l.contains(id))
+                        .unwrap_or_default()
+                };
+                husk.expect(
+                    kinds == ["prestart", "createRuntime", "poststart", "poststop"]
+                        && status("prestart").contains("\"status\":\"creating\"")
+                        && status("poststart").contains("\"status\":\"running\"")
+                        && status("poststop").contains("\"status\":\"stopped\""),
+                    || {
+                        format!(
+                            "{what}: want the four host hooks in order with their states: {log}"
+                        )
+                    },
+                )?;
+                std::fs::remove_file(&seen).ok();
+                Ok(())
+            };
+            let id = unique("vm-all-hooks");
+            let out = husk.run_bundle(&id, &bundle);
+            husk.expect(
+                out.code == 0 && out.stdout.contains("in-container yes"),
+                || format!("run: the startContainer hook must have run in the container: {out:?}"),
+            )?;
+            check_log("run", &id)?;
+            husk.assert_clean(&id)?;
+
+            let id = unique("vm-all-hooks-detached");
+            let (pid, stdout) = husk.create_and_start(&id, &bundle)?;
+            husk.wait_stopped(&id)?;
+            reap(pid);
+            let deleted = husk.husk(&["delete", &id]);
+            husk.expect(deleted.code == 0, || format!("delete: {deleted:?}"))?;
+            let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
+            husk.expect(printed.contains("in-container yes"), || {
+                format!("create/start: the startContainer hook must have run: {printed:?}")
+            })?;
+            check_log("create, start, delete", &id)?;
+            husk.assert_clean(&id)
+        }),
         ("killed_vmm_or_supervisor_reports_stopped", |env| {
             let husk = Husk::new(env);
             for victim in ["qemu-system", "vm-supervise"] {

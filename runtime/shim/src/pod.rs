@@ -47,12 +47,13 @@ pub enum PodError {
         what: String,
         source: std::io::Error,
     },
-    /// The spec has prestart/createRuntime hooks, which this shim does not run.
+    /// The spec has host hooks (prestart, createRuntime, poststart, poststop), which
+    /// this shim does not run yet.
     #[error(
-        "containerd-shim-husk-v2 does not run OCI prestart/createRuntime hooks (they \
-         would set up the container on the host, e.g. its network); give the container \
-         a network namespace path as CRI does, or run it with `husk --isolation vm` \
-         through the runc shim, which runs them"
+        "containerd-shim-husk-v2 does not run OCI host hooks (prestart, createRuntime, \
+         poststart, poststop) yet; give the container a network namespace path as CRI \
+         does, or run it with `husk --isolation vm` through the runc shim, which runs \
+         them (createContainer and startContainer hooks run in the guest)"
     )]
     HostHooks,
     /// A container of the pod asks for another network than the pod VM carries.
@@ -217,7 +218,11 @@ impl PodThread {
         {
             return Err(PodError::Isolation(wanted.clone()));
         }
-        if !launch.plan.host_hooks.is_empty() {
+        let post = &launch.plan.host_hooks.post;
+        if !launch.plan.host_hooks.is_empty()
+            || !post.poststart.is_empty()
+            || !post.poststop.is_empty()
+        {
             return Err(PodError::HostHooks);
         }
         for what in &launch.plan.dropped {

@@ -72,13 +72,27 @@ pub struct GuestPlan {
     pub host_hooks: HostHooks,
 }
 
-/// The spec's hooks that run on the host, in the runtime's namespaces, while the
-/// container is being created: `prestart` (deprecated, still what Docker uses for
-/// its network) then `createRuntime`, as runc orders them.
+/// The spec's hooks that run on the host, in the runtime's namespaces: while the
+/// container is being created `prestart` (deprecated, still what Docker uses for
+/// its network) then `createRuntime`, as runc orders them; `poststart` once it
+/// started and `poststop` once it is deleted. (`createContainer` and
+/// `startContainer` belong to the container's namespaces: they stay in the guest's
+/// spec, where libcontainer runs them.)
 #[derive(Debug, Clone, Default)]
 pub struct HostHooks {
     pub prestart: Vec<oci_spec::runtime::Hook>,
     pub create_runtime: Vec<oci_spec::runtime::Hook>,
+    pub post: PostHooks,
+}
+
+/// The hooks that run on the host after the create: kept in the container's state,
+/// since `husk start` and `husk delete` run them in processes of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PostHooks {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststop: Vec<oci_spec::runtime::Hook>,
 }
 
 impl HostHooks {
@@ -96,9 +110,14 @@ impl HostHooks {
         Ok(Self {
             prestart: list("prestart")?,
             create_runtime: list("createRuntime")?,
+            post: PostHooks {
+                poststart: list("poststart")?,
+                poststop: list("poststop")?,
+            },
         })
     }
 
+    /// Whether nothing runs on the host before the VM boots.
     pub fn is_empty(&self) -> bool {
         self.prestart.is_empty() && self.create_runtime.is_empty()
     }
@@ -132,20 +151,17 @@ pub fn plan(mut spec: Value, guest_id: &str) -> Result<GuestPlan, GuestSpecError
     let mut host_hooks = HostHooks::default();
     if let Some(hooks) = obj.remove("hooks") {
         host_hooks = HostHooks::from_spec(&hooks)?;
-        let in_guest: Vec<&str> = ["createContainer", "startContainer", "poststart", "poststop"]
+        let in_guest: serde_json::Map<String, Value> = ["createContainer", "startContainer"]
             .into_iter()
-            .filter(|kind| {
-                hooks
-                    .get(*kind)
-                    .and_then(Value::as_array)
+            .filter_map(|kind| {
+                let list = hooks.get(kind)?;
+                list.as_array()
                     .is_some_and(|h| !h.is_empty())
+                    .then(|| (kind.to_string(), list.clone()))
             })
             .collect();
         if !in_guest.is_empty() {
-            dropped.push(format!(
-                "{} hooks (only createRuntime and prestart hooks run, on the host)",
-                in_guest.join(", ")
-            ));
+            obj.insert("hooks".into(), Value::Object(in_guest));
         }
     }
     if let Some(Value::Array(list)) = obj.get_mut("mounts") {
@@ -354,6 +370,7 @@ fn cpuset_count(list: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn host_only_parts_are_dropped_and_binds_shared() {
@@ -419,6 +436,40 @@ mod tests {
     }
 
     #[test]
+    fn each_hook_kind_runs_where_the_spec_places_it() {
+        let hook = |path: &str| json!([{"path": path}]);
+        let spec = json!({
+            "hooks": {
+                "prestart": hook("/host/prestart"),
+                "createRuntime": hook("/host/create-runtime"),
+                "createContainer": hook("/guest/create-container"),
+                "startContainer": hook("/in/the/container/start-container"),
+                "poststart": hook("/host/poststart"),
+                "poststop": hook("/host/poststop"),
+            },
+            "linux": {"namespaces": [{"type": "network"}]}
+        });
+        let plan = plan(spec, "web").unwrap();
+        let host = &plan.host_hooks;
+        assert_eq!(host.prestart[0].path(), Path::new("/host/prestart"));
+        assert_eq!(
+            host.create_runtime[0].path(),
+            Path::new("/host/create-runtime")
+        );
+        assert_eq!(host.post.poststart[0].path(), Path::new("/host/poststart"));
+        assert_eq!(host.post.poststop[0].path(), Path::new("/host/poststop"));
+        // The container's namespaces are in the guest: libcontainer runs those there.
+        assert_eq!(
+            plan.spec["hooks"],
+            json!({
+                "createContainer": hook("/guest/create-container"),
+                "startContainer": hook("/in/the/container/start-container"),
+            })
+        );
+        assert!(plan.dropped.is_empty(), "{:?}", plan.dropped);
+    }
+
+    #[test]
     fn a_network_namespace_that_hooks_prepare_is_carried_from_the_host() {
         // Docker's shape: a network namespace without a path, and libnetwork's
         // prestart hook to fill it.
@@ -442,13 +493,11 @@ mod tests {
             Some(&["libnetwork-setkey", "-exec-root=/x", "abc", "def"].map(String::from)[..])
         );
         assert_eq!(prepared.host_hooks.create_runtime[0].timeout(), Some(5));
+        assert_eq!(prepared.host_hooks.post.poststop.len(), 1);
+        assert!(prepared.dropped.is_empty(), "{:?}", prepared.dropped);
         assert!(
-            prepared
-                .dropped
-                .iter()
-                .any(|d| d.starts_with("poststop hooks")),
-            "{:?}",
-            prepared.dropped
+            prepared.spec.get("hooks").is_none(),
+            "no hook runs in the guest"
         );
         // Without hooks the same namespace is a new, empty one in the guest.
         let plain = plan(

@@ -727,6 +727,51 @@ fn prepare_host_side(setup: &HostSetup<'_>, network: &NetworkPlan) -> Result<(),
     Ok(())
 }
 
+/// Which container a `poststart` or `poststop` hook is told about.
+pub struct HookSubject<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub annotations: Option<&'a HashMap<String, String>>,
+    /// `running` for poststart, `stopped` for poststop.
+    pub status: libcontainer::container::ContainerStatus,
+    /// The supervisor, while it lives (the pid engines know the container by).
+    pub pid: Option<i32>,
+}
+
+/// Runs `poststart` or `poststop` hooks on the host, in the bundle, with the
+/// container's state on stdin. As the runtime spec says (and runc does), a failing
+/// one is logged as a warning and the rest still run: the start or the delete has
+/// happened. Returns the failures, for the caller to show.
+pub fn run_post_hooks(
+    kind: &'static str,
+    hooks: &[oci_spec::runtime::Hook],
+    subject: &HookSubject<'_>,
+) -> Vec<String> {
+    let mut state = libcontainer::container::State::new(
+        subject.id,
+        subject.status,
+        subject.pid,
+        subject.bundle.to_path_buf(),
+    );
+    state.annotations = subject.annotations.cloned();
+    let mut failures = Vec::new();
+    for hook in hooks {
+        tracing::debug!(id = subject.id, kind, path = %hook.path().display(), "running host hook");
+        if let Err(e) = libcontainer::hooks::run_hooks(
+            Some(&vec![hook.clone()]),
+            Some(&state),
+            Some(subject.bundle),
+            None,
+            None,
+        ) {
+            let failure = format!("{kind} hook {}: {e}", hook.path().display());
+            tracing::warn!(id = subject.id, "{failure}");
+            failures.push(failure);
+        }
+    }
+    failures
+}
+
 /// Creates a sandbox's state directory (mode 0700; failing if it exists, which makes
 /// it the atomic claim of a container id) with its marker.
 pub fn claim_dir(dir: &Path) -> Result<(), SandboxError> {

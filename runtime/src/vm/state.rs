@@ -86,6 +86,10 @@ pub struct VmContainerState {
     /// Backend and accel the sandbox runs on (`qemu/tcg`, `builtin/kvm`).
     #[serde(default)]
     pub hypervisor: String,
+    /// The spec's `poststart` and `poststop` hooks, run on the host by whichever
+    /// husk process starts or deletes the container.
+    #[serde(default)]
+    pub post_hooks: super::guest_spec::PostHooks,
 }
 
 impl VmContainerState {
@@ -246,6 +250,7 @@ mod tests {
             supervisor_start: start,
             exit_status: None,
             hypervisor: "qemu/tcg".into(),
+            post_hooks: Default::default(),
         }
     }
 

@@ -15,6 +15,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use libcontainer::container::ContainerStatus;
+
 use super::agent::{Agent, ProcessAddr};
 use super::guest_spec::{self, GuestPlan, GuestSpecError, VmSize};
 use super::host_cgroup::HostCgroupSpec;
@@ -164,6 +166,7 @@ impl VmLaunch {
             supervisor_start: state::process_start_time(owner_pid).unwrap_or(0),
             exit_status: None,
             hypervisor: self.hypervisor_label(),
+            post_hooks: self.plan.host_hooks.post.clone(),
         };
         if let Err(e) = state::store(dir, &state) {
             let _ = std::fs::remove_dir_all(dir);
@@ -301,6 +304,13 @@ pub fn supervise(s: Supervision, signals: &ForwardedSignals) -> Result<i32, Supe
                     .map(drop)
                     .map_err(SupervisorError::from)
             });
+        if result.is_ok() {
+            sandbox::run_post_hooks(
+                "poststart",
+                &launch.plan.host_hooks.post.poststart,
+                &hook_subject(&launch, ContainerStatus::Running),
+            );
+        }
     }
     let status = result.and_then(|()| {
         sandbox
@@ -332,8 +342,26 @@ pub fn supervise(s: Supervision, signals: &ForwardedSignals) -> Result<i32, Supe
         sandbox.shutdown(&KEPT_AFTER_STOP);
     } else {
         sandbox.destroy();
+        // `run` without --keep deletes the container too: its poststop hooks now.
+        sandbox::run_post_hooks(
+            "poststop",
+            &launch.plan.host_hooks.post.poststop,
+            &hook_subject(&launch, ContainerStatus::Stopped),
+        );
     }
     status
+}
+
+/// The container a post hook of `launch` is told about (the supervisor is this
+/// process while it runs).
+fn hook_subject(launch: &VmLaunch, status: ContainerStatus) -> sandbox::HookSubject<'_> {
+    sandbox::HookSubject {
+        id: &launch.id,
+        bundle: &launch.bundle,
+        annotations: launch.annotations.as_ref(),
+        pid: (status == ContainerStatus::Running).then(|| std::process::id() as i32),
+        status,
+    }
 }
 
 /// An exec'd process to supervise (`husk exec`, foreground or detached).
