@@ -121,7 +121,7 @@ qemu-system-x86_64 \
     -nodefaults -no-user-config -display none -no-reboot \
     -serial "file:$CONSOLE" \
     -kernel "$KERNEL" -initrd "$INITRAMFS" \
-    -append "console=ttyS0 reboot=t panic=-1 printk.time=1" \
+    -append "console=ttyS0 reboot=t panic=-1 printk.time=1 no_timer_check" \
     -chardev socket,id=vsock0,path="$WORK/vhost-vsock.sock" \
     -device vhost-user-vsock-device,chardev=vsock0 \
     -drive "file=$WORK/disk.img,format=raw,if=none,id=disk0" \
