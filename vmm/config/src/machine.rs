@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Default kernel command line: serial console, i8042 reset for reboot, panic reboots,
-/// no PCI, no legacy keyboard probing beyond what the reset needs.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// no PCI, no legacy keyboard probing beyond what the reset needs, and no IO-APIC
+/// timer check (it routes the PIT through the IO-APIC and counts ticks in a busy
+/// loop: a slow or nested host can fail it, and a nested KVM's PIT emulation locked
+/// up under it).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd no_timer_check";
 /// Largest vCPU count accepted.
 pub const MAX_VCPUS: u8 = 32;
 /// Largest guest memory accepted (MiB).
