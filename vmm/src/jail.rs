@@ -36,15 +36,7 @@ pub enum JailError {
 }
 
 /// The entries a jail's root holds (made by the runtime, checked after the pivot).
-pub const JAIL_ENTRIES: &[&str] = &[
-    "dev",
-    "initramfs",
-    "kernel",
-    "proc",
-    "run",
-    "shared",
-    "vm.json",
-];
+pub use crate::config::jail::ROOT_ENTRIES as JAIL_ENTRIES;
 
 /// Pivots the calling process into `dir` (see the module docs). Must run before any
 /// thread is started: a mount namespace can only be unshared by a single thread.

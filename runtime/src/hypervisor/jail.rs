@@ -452,6 +452,10 @@ mod tests {
             ["dev", "initramfs", "kernel", "proc", "run", "shared"]
         );
         assert_eq!(jail.config_file(), s.state.join("jail/vm.json"));
+        // With its config, what husk-vmm checks for after entering it.
+        names.push(husk_vmm_config::jail::CONFIG_FILE.into());
+        names.sort();
+        assert_eq!(names, husk_vmm_config::jail::ROOT_ENTRIES);
         assert_eq!(jail.mounts.len(), 6);
         std::fs::write(jail.config_file(), "{}").unwrap();
         // A second build replaces a leftover one.

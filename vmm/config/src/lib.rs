@@ -15,6 +15,7 @@
 
 pub mod block;
 pub mod fs;
+pub mod jail;
 pub mod machine;
 pub mod net;
 pub mod vsock;
